@@ -1,0 +1,1 @@
+"""The station's core: store, service, liveness and the HTTP faces. Never imports Qt."""

@@ -1,0 +1,1 @@
+"""The desktop window (Qt). Reaches the core only through its service and events."""
