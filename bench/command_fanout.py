@@ -141,7 +141,7 @@ async def bench(args: argparse.Namespace) -> None:
                     f"failed {body['devices_failed']} (expected {len(refusing) + len(silent)}); "
                     f"start_data_collection answered in {request_ms:.0f} ms"
                 )
-                await http.post("/api/v1/sessions/%d/abort" % session_id)
+                await http.post(f"/api/v1/sessions/{session_id}/abort")
     finally:
         station.terminate()
         station.wait(10)
