@@ -398,6 +398,7 @@ class StationService:
             log.warning(message)
         elif before in (Liveness.UNKNOWN, Liveness.OFFLINE) and device.last_seen_via == "register":
             message = f"device {code} is online"
+            log.info(message)
         else:
             message = f"device {code} is {device.liveness} again (was {before})"
             log.info(message)
@@ -694,11 +695,14 @@ class StationService:
 
     @staticmethod
     def _started_devices(db: Database, session_id: int) -> list[str]:
-        """Devices of the session whose start was not refused: those that may be recording."""
+        """Devices of the session that may be recording: every start except those the device
+        surely never acted on (refused connection, error reply). A start that timed out may have
+        been carried out, so that device is told to stop too."""
         return [
             c.device_code
             for c in records.session_commands(db, session_id)
-            if c.kind == CommandKind.START and c.state != CommandState.FAILED
+            if c.kind == CommandKind.START
+            and (c.state != CommandState.FAILED or c.failure == Failure.TIMEOUT)
         ]
 
     async def _complete_if_stopped(self, session_id: int) -> Session:
@@ -860,7 +864,7 @@ class StationService:
             if inflight is not None:
                 tasks.append(inflight)
             elif command.state == CommandState.QUEUED:
-                task = asyncio.ensure_future(self._deliver(command))
+                task = self._spawn(self._deliver(command))  # close() waits for every delivery
                 if command.session_id is not None:
                     self._inflight[key] = task
                     task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))

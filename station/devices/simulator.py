@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import random
+import socket
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -64,6 +65,14 @@ def _require_loopback(host: str | None, what: str) -> None:
         loopback = False
     if not loopback:
         raise ValueError(f"the simulator only uses loopback addresses; {what} is {host!r}")
+
+
+def _unused_port(host: str) -> int:
+    """A port on `host` that nothing listens on right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def _arduino_to_int(text: str) -> int:
@@ -340,6 +349,10 @@ class SimDevice:
             if self._site is not None:
                 site, self._site = self._site, None
                 await site.stop()
+            elif self._port == 0:
+                # Built refusing: it still needs a real port to register (the station rejects
+                # port 0), one where nothing listens so connections are refused.
+                self._port = _unused_port(self.config.host)
             return
         if self._site is not None:
             return
