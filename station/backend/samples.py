@@ -1,0 +1,178 @@
+"""Sensor samples as the firmware uploads them: validation and device timestamps.
+
+A sample is a JSON object with `acc`, `gyro` and `angle`, each three finite numbers, and optionally
+`timestamp`, `seq` (or `sequence`) and `sensor_id`. Device timestamps are kept as sent and also
+parsed by one rule per form:
+
+- a number or a string of digits with 12 or more digits: Unix time in milliseconds;
+- a number or a string of digits with at most 9 digits: the original server's HHMMSSmmm, a wall
+  clock time in Beijing (UTC+8) on the session's start date (the day after, if that would put it
+  more than 6 hours before the session started); an impossible time such as 25:00 parses to nothing;
+- an ISO 8601 string: that moment; without an offset it is Beijing time, as the original assumed;
+- anything else (10 or 11 digits, other text): kept as sent, parsed to nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+SENSOR_TYPES = ("waist", "shoulder", "wrist", "racket")
+SENSOR_BY_ID = {1: "waist", 2: "shoulder", 3: "wrist", 4: "racket"}  # as the firmware numbers them
+AXES = ("acc", "gyro", "angle")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    acc: tuple[float, float, float]
+    gyro: tuple[float, float, float]
+    angle: tuple[float, float, float]
+    device_time: str | None  # the timestamp exactly as sent
+    device_ms: float | None  # that timestamp parsed, in Unix milliseconds
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    index: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "error": self.reason}
+
+
+class SampleError(ValueError):
+    """One sample that cannot be stored, with the reason in plain words."""
+
+
+# printf("%.2f") writes a failed sensor reading as nan or inf, which is not JSON. Reading them as
+# NaN and Infinity lets the one bad sample be refused instead of losing the whole batch.
+_C_FLOAT_WORDS = re.compile(r"(?<=[\[,:\s])(-?)(nan|inf(?:inity)?)(?=\s*[\],}])", re.IGNORECASE)
+
+
+def parse_json_text(text: str) -> Any:
+    """Parse JSON as the firmware writes it, C-style nan and inf included (validation refuses
+    them later, sample by sample)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        repaired = _C_FLOAT_WORDS.sub(
+            lambda m: m.group(1) + ("NaN" if m.group(2).lower() == "nan" else "Infinity"), text
+        )
+        if repaired == text:
+            raise
+        return json.loads(repaired)
+
+
+def _vector(item: dict[str, Any], name: str) -> tuple[float, float, float]:
+    if name not in item:
+        raise SampleError(f"missing {name}")
+    value = item[name]
+    if not isinstance(value, list) or len(value) != 3:
+        raise SampleError(f"{name} must be a list of 3 numbers [x, y, z]")
+    numbers = []
+    for element in value:
+        if isinstance(element, bool) or not isinstance(element, (int, float)):
+            raise SampleError(f"{name} holds a value that is not a number: {element!r}")
+        if not math.isfinite(element):
+            raise SampleError(f"{name} holds NaN or infinity")
+        numbers.append(float(element))
+    return numbers[0], numbers[1], numbers[2]
+
+
+def parse_sample(item: Any, session_start: dt.datetime | None, fallback_time: Any = None) -> Sample:
+    if not isinstance(item, dict):
+        raise SampleError("a sample must be a JSON object with acc, gyro and angle")
+    acc, gyro, angle = (_vector(item, name) for name in AXES)
+    raw_time = item.get("timestamp", fallback_time)
+    seq = item.get("seq", item.get("sequence"))
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
+        if isinstance(seq, str) and seq.isascii() and seq.isdigit():
+            seq = int(seq)
+        else:
+            raise SampleError("seq must be an integer")
+    device_time = None if raw_time is None else _raw_text(raw_time)
+    return Sample(acc, gyro, angle, device_time, parse_device_time(raw_time, session_start), seq)
+
+
+def _raw_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def parse_device_time(value: Any, session_start: dt.datetime | None) -> float | None:
+    """A device timestamp in Unix milliseconds, by the rules in this module's docstring."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value) or value < 0:
+            return None
+        value = int(value) if value.is_integer() else value
+    if isinstance(value, (int, float)):
+        digits = len(str(int(value)))
+        return _from_digits(int(value), digits, session_start, value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return _from_digits(int(text), len(text), session_start, int(text))
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=BEIJING)
+    return moment.timestamp() * 1000
+
+
+def _from_digits(
+    number: int, digits: int, session_start: dt.datetime | None, exact: float
+) -> float | None:
+    if digits >= 12:
+        return float(exact)
+    if digits > 9:
+        return None
+    return _wall_clock(number, session_start)
+
+
+def _wall_clock(number: int, session_start: dt.datetime | None) -> float | None:
+    hours, rest = divmod(number, 10_000_000)
+    minutes, rest = divmod(rest, 100_000)
+    seconds, millis = divmod(rest, 1000)
+    if hours > 23 or minutes > 59 or seconds > 59:
+        return None
+    start = (session_start or dt.datetime.now(dt.UTC)).astimezone(BEIJING)
+    moment = dt.datetime.combine(
+        start.date(), dt.time(hours, minutes, seconds, millis * 1000), tzinfo=BEIJING
+    )
+    if moment < start - dt.timedelta(hours=6):
+        moment += dt.timedelta(days=1)
+    return moment.timestamp() * 1000
+
+
+def parse_batch(
+    text: str, session_start: dt.datetime | None
+) -> tuple[list[tuple[int, Sample]], list[Refusal]]:
+    """The samples of a batch_data array, and each refused item with its reason.
+
+    Raises SampleError when the text as a whole is not a JSON array."""
+    try:
+        items = parse_json_text(text)
+    except (ValueError, RecursionError) as exc:
+        raise SampleError(f"batch_data is not valid JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise SampleError(f"batch_data must be a JSON array, not {type(items).__name__}")
+    accepted: list[tuple[int, Sample]] = []
+    refused: list[Refusal] = []
+    for index, item in enumerate(items):
+        try:
+            accepted.append((index, parse_sample(item, session_start)))
+        except SampleError as exc:
+            refused.append(Refusal(index, str(exc)))
+    return accepted, refused
