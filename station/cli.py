@@ -26,10 +26,51 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-@click.group()
+@click.group(invoke_without_command=True)
 @click.version_option(package_name="station")
-def main() -> None:
-    """The collection station for ESP32 sensor labs."""
+@click.option("--host", default=None, help="Window: address to listen on (default 0.0.0.0).")
+@click.option("--port", type=int, default=None, help="Window: port to listen on (default 8000).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Window: where the database, settings and logs live (default: the user data dir; "
+    "with --demo, its demo subfolder).",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Window: start with a simulated fleet of 8 devices on 127.0.0.2.. in group demo.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Window: log wire detail (DEBUG).")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    demo: bool,
+    verbose: bool,
+) -> None:
+    """The collection station for ESP32 sensor labs.
+
+    With no command, opens the desktop window, which runs the same server as `station serve`.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from station.config import Settings, default_data_dir
+    from station.ui.launch import run_window
+
+    if data_dir is None:
+        data_dir = default_data_dir() / "demo" if demo else default_data_dir()
+    settings = Settings.load(data_dir)
+    if host is not None:
+        settings.host = host
+    if port is not None:
+        settings.port = port
+    elif demo:
+        settings.port = 0  # a free port, so a demo never clashes with a real station
+    ctx.exit(run_window(data_dir, settings, demo=demo, verbose=verbose))
 
 
 @main.command()

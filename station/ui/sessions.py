@@ -1,0 +1,545 @@
+"""The Sessions tab: every session with its progress, the selected session's command ledger and
+event log, and the staff actions (new session, start collection, stop collection, abort).
+Sessions started over HTTP appear here from the service's events, without a refresh."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QItemSelection,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+    QTimer,
+    Signal,
+)
+from PySide6.QtGui import QAction, QColor, QFont, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QButtonGroup,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QMessageBox,
+    QRadioButton,
+    QSplitter,
+    QTableView,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from station.backend.models import Command, CommandKind, CommandState, Event, Session, parse_iso
+from station.backend.service import SessionDetail
+from station.ui.application import StationApp
+from station.ui.devices import ago
+
+Index = QModelIndex | QPersistentModelIndex
+STAFF = "staff"
+
+STATE_COLOURS = {
+    CommandState.ACKED: QColor("#2e9d44"),
+    CommandState.FAILED: QColor("#c8352b"),
+    CommandState.SENT: QColor("#d89a16"),
+    CommandState.QUEUED: QColor("#8a8a8a"),
+}
+
+
+def local_time(stamp: str | None) -> str:
+    moment = parse_iso(stamp)
+    if moment is None:
+        return ""
+    local = moment.astimezone()
+    if local.date() == dt.date.today():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+def _epoch(stamp: str | None) -> float | None:
+    moment = parse_iso(stamp)
+    return moment.timestamp() if moment else None
+
+
+class SessionTableModel(QAbstractTableModel):
+    ID, GROUP, STARTED_BY, STATUS, STARTED, DURATION, READY = range(7)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._sessions: list[Session] = []
+        self._rows: dict[int, int] = {}
+        self._commands: dict[int, dict[tuple[str, CommandKind], Command]] = {}
+        self._headers = [
+            self.tr("Session"),
+            self.tr("Group"),
+            self.tr("Started by"),
+            self.tr("Status"),
+            self.tr("Started"),
+            self.tr("Duration"),
+            self.tr("Devices ready"),
+        ]
+
+    def reset(self, sessions: list[Session]) -> None:
+        self.beginResetModel()
+        self._sessions = list(sessions)
+        self._rows = {s.session_id: i for i, s in enumerate(self._sessions)}
+        self.endResetModel()
+
+    def upsert(self, session: Session) -> None:
+        row = self._rows.get(session.session_id)
+        if row is None:
+            row = len(self._sessions)
+            self.beginInsertRows(QModelIndex(), row, row)
+            self._sessions.append(session)
+            self._rows[session.session_id] = row
+            self.endInsertRows()
+            return
+        self._sessions[row] = session
+        self._row_changed(row)
+
+    def command(self, command: Command) -> None:
+        if command.session_id is None:
+            return
+        ledger = self._commands.setdefault(command.session_id, {})
+        ledger[(command.device_code, command.kind)] = command
+        row = self._rows.get(command.session_id)
+        if row is not None:
+            self._row_changed(row)
+
+    def commands(self, session_id: int, commands: tuple[Command, ...]) -> None:
+        self._commands[session_id] = {(c.device_code, c.kind): c for c in commands}
+        row = self._rows.get(session_id)
+        if row is not None:
+            self._row_changed(row)
+
+    def repaint_durations(self) -> None:
+        if self._sessions:
+            last = len(self._sessions) - 1
+            self.dataChanged.emit(self.index(0, self.DURATION), self.index(last, self.DURATION))
+
+    def _row_changed(self, row: int) -> None:
+        self.dataChanged.emit(self.index(row, 0), self.index(row, self.columnCount() - 1))
+
+    def session_at(self, row: int) -> Session:
+        return self._sessions[row]
+
+    def row_of(self, session_id: int) -> int | None:
+        return self._rows.get(session_id)
+
+    def ready(self, session: Session) -> int:
+        ledger = self._commands.get(session.session_id, {})
+        return sum(
+            1
+            for code in session.device_codes
+            if (c := ledger.get((code, CommandKind.START))) and c.state == CommandState.ACKED
+        )
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._sessions)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._headers)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = 0) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self._headers[section]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        session = self._sessions[index.row()]
+        column = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(session, column)
+        if role == Qt.ItemDataRole.UserRole:
+            if column == self.ID:
+                return session.session_id
+            if column == self.DURATION:
+                return self._duration(session)
+            return self._display(session, column)
+        if role == Qt.ItemDataRole.FontRole and session.status.active:
+            font = QFont()
+            font.setBold(True)
+            return font
+        return None
+
+    def _duration(self, session: Session) -> float:
+        start = _epoch(session.started_at) or time.time()
+        end = _epoch(session.ended_at) or time.time()
+        return end - start
+
+    def _display(self, session: Session, column: int) -> str:
+        if column == self.ID:
+            return str(session.session_id)
+        if column == self.GROUP:
+            return session.group_code
+        if column == self.STARTED_BY:
+            return session.started_by
+        if column == self.STATUS:
+            return str(session.status)
+        if column == self.STARTED:
+            return local_time(session.started_at)
+        if column == self.DURATION:
+            return ago(self._duration(session))
+        if column == self.READY:
+            return f"{self.ready(session)}/{len(session.device_codes)}"
+        return ""
+
+
+class NewSessionDialog(QDialog):
+    """Choose a group, and whether to take all its devices or only those selected."""
+
+    chosen = Signal(str, list)  # group_code, device_codes ([] = the whole group)
+
+    def __init__(self, groups: list[str], selected: list[str], parent: QWidget | None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(self.tr("New session"))
+        self.group = QComboBox(self)
+        self.group.setEditable(True)
+        self.group.addItems(groups)
+        self._selected = selected
+        self.whole_group = QRadioButton(self.tr("Every device of the group"), self)
+        self.only_selected = QRadioButton(
+            self.tr("Only the selected devices: %s") % (", ".join(selected) or self.tr("none")),
+            self,
+        )
+        self.whole_group.setChecked(True)
+        self.only_selected.setEnabled(bool(selected))
+        choice = QButtonGroup(self)
+        choice.addButton(self.whole_group)
+        choice.addButton(self.only_selected)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self
+        )
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form = QFormLayout(self)
+        form.addRow(self.tr("Group:"), self.group)
+        form.addRow(self.whole_group)
+        form.addRow(self.only_selected)
+        form.addRow(buttons)
+        self.accepted.connect(self._emit)
+
+    def _emit(self) -> None:
+        codes = self._selected if self.only_selected.isChecked() else []
+        self.chosen.emit(self.group.currentText().strip(), list(codes))
+
+
+class SessionsView(QWidget):
+    message = Signal(str)
+
+    def __init__(
+        self,
+        app: StationApp,
+        selected_devices: Callable[[], list[str]],
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.app = app
+        self._selected_devices = selected_devices
+        self._detail_for: int | None = None
+
+        self.model = SessionTableModel(self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setSortRole(Qt.ItemDataRole.UserRole)
+        self.table = QTableView(self)
+        self.table.setObjectName("sessions_table")
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(SessionTableModel.ID, Qt.SortOrder.DescendingOrder)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().hide()
+        self.table.verticalHeader().setDefaultSectionSize(24)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.selectionModel().selectionChanged.connect(self._selection_changed)
+
+        self.summary = QLabel(self.tr("Select a session to see its devices and event log."), self)
+        self.summary.setWordWrap(True)
+        self.commands_table = QTableWidget(0, 6, self)
+        self.commands_table.setObjectName("session_commands")
+        self.commands_table.setHorizontalHeaderLabels(
+            [
+                self.tr("Device"),
+                self.tr("Command"),
+                self.tr("State"),
+                self.tr("Attempts"),
+                self.tr("Round trip"),
+                self.tr("Error"),
+            ]
+        )
+        self.commands_table.horizontalHeader().setStretchLastSection(True)
+        self.commands_table.verticalHeader().hide()
+        self.commands_table.verticalHeader().setDefaultSectionSize(22)
+        self.commands_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.events_table = QTableWidget(0, 4, self)
+        self.events_table.setObjectName("session_events")
+        self.events_table.setHorizontalHeaderLabels(
+            [self.tr("Time"), self.tr("Actor"), self.tr("Result"), self.tr("Event")]
+        )
+        self.events_table.horizontalHeader().setStretchLastSection(True)
+        self.events_table.verticalHeader().hide()
+        self.events_table.verticalHeader().setDefaultSectionSize(22)
+        self.events_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+
+        self._build_actions()
+        toolbar = QToolBar(self.tr("Session actions"), self)
+        for action in self.actions_list:
+            toolbar.addAction(action)
+
+        detail = QWidget(self)
+        detail_layout = QVBoxLayout(detail)
+        detail_layout.setContentsMargins(0, 0, 0, 0)
+        detail_layout.addWidget(self.summary)
+        detail_layout.addWidget(self.commands_table, 1)
+        detail_layout.addWidget(self.events_table, 1)
+        splitter = QSplitter(Qt.Orientation.Horizontal, self)
+        splitter.addWidget(self.table)
+        splitter.addWidget(detail)
+        splitter.setSizes([480, 520])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(toolbar)
+        layout.addWidget(splitter, 1)
+
+        # Bursts of commands and events for the shown session collapse into one re-read.
+        self._detail_timer = QTimer(self)
+        self._detail_timer.setSingleShot(True)
+        self._detail_timer.setInterval(50)
+        self._detail_timer.timeout.connect(self._reload_detail)
+        self._tick = QTimer(self)
+        self._tick.setInterval(1000)
+        self._tick.timeout.connect(self.model.repaint_durations)
+        self._tick.start()
+        self._update_actions()
+
+    def _build_actions(self) -> None:
+        def make(text: str, shortcut: str, slot: Callable[[], None]) -> QAction:
+            action = QAction(text, self)
+            action.setShortcut(QKeySequence(shortcut))
+            action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+            action.triggered.connect(slot)
+            return action
+
+        self.new_action = make(self.tr("New session…"), "Ctrl+N", self.new_session)
+        self.collect_action = make(
+            self.tr("Start collection"), "Ctrl+Return", self.start_collection
+        )
+        self.end_action = make(self.tr("Stop collection"), "Ctrl+E", self.end_session)
+        self.abort_action = make(self.tr("Abort"), "Ctrl+Shift+A", self.abort_session)
+        self.actions_list = [
+            self.new_action,
+            self.collect_action,
+            self.end_action,
+            self.abort_action,
+        ]
+
+    # ---- feeding -------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the recent sessions and the ledgers of those still active."""
+        service = self.app.service
+        if service is None:
+            return
+        sessions = await service.sessions()
+        self.model.reset(sessions)
+        for session in sessions[:50]:
+            detail = await service.session_detail(session.session_id)
+            self.model.commands(session.session_id, detail.commands)
+        self._update_actions()
+
+    def session_changed(self, session: Session) -> None:
+        self.model.upsert(session)
+        if session.session_id == self._detail_for:
+            self._detail_timer.start()
+        self._update_actions()
+
+    def command_changed(self, command: Command) -> None:
+        self.model.command(command)
+        if command.session_id is not None and command.session_id == self._detail_for:
+            self._detail_timer.start()
+
+    def event_logged(self, event: Event) -> None:
+        if event.session_id is not None and event.session_id == self._detail_for:
+            self._detail_timer.start()
+
+    # ---- selection -----------------------------------------------------------------------------
+
+    def selected_session(self) -> Session | None:
+        rows = self.table.selectionModel().selectedRows()
+        if not rows:
+            return None
+        return self.model.session_at(self.proxy.mapToSource(rows[0]).row())
+
+    def selected_session_id(self) -> int | None:
+        session = self.selected_session()
+        return session.session_id if session else None
+
+    def select(self, session_id: int) -> None:
+        row = self.model.row_of(session_id)
+        if row is None:
+            return
+        self.table.selectRow(self.proxy.mapFromSource(self.model.index(row, 0)).row())
+
+    def _selection_changed(self, _selected: QItemSelection, _deselected: QItemSelection) -> None:
+        self._detail_for = self.selected_session_id()
+        self._update_actions()
+        if self._detail_for is None:
+            self.commands_table.setRowCount(0)
+            self.events_table.setRowCount(0)
+            return
+        self._reload_detail()
+
+    def _update_actions(self) -> None:
+        session = self.selected_session()
+        running = self.app.running
+        status = session.status if session else None
+        self.new_action.setEnabled(running)
+        self.collect_action.setEnabled(running and status == "calibrating")
+        self.end_action.setEnabled(running and status in ("calibrating", "collecting"))
+        self.abort_action.setEnabled(running and session is not None and session.status.active)
+
+    def _reload_detail(self) -> None:
+        service = self.app.service
+        if service is None or self._detail_for is None:
+            return
+        self.app.spawn(self._show_detail(self._detail_for), self.tr("read the session"))
+
+    async def _show_detail(self, session_id: int) -> None:
+        service = self.app.service
+        if service is None:
+            return
+        detail = await service.session_detail(session_id)
+        if session_id == self._detail_for:
+            self.show_detail(detail)
+
+    def show_detail(self, detail: SessionDetail) -> None:
+        session = detail.session
+        self.model.commands(session.session_id, detail.commands)
+        self.summary.setText(
+            self.tr("Session %s, group %s: %s, started by %s at %s; devices: %s")
+            % (
+                session.session_id,
+                session.group_code,
+                session.status,
+                session.started_by,
+                local_time(session.started_at),
+                ", ".join(session.device_codes) or self.tr("none"),
+            )
+        )
+        commands = sorted(detail.commands, key=lambda c: (c.device_code, c.command_id))
+        self.commands_table.setRowCount(len(commands))
+        for row, command in enumerate(commands):
+            cells = [
+                command.device_code,
+                str(command.kind),
+                str(command.state),
+                str(command.attempts),
+                f"{command.round_trip_ms:.0f} ms" if command.round_trip_ms is not None else "",
+                command.last_error or "",
+            ]
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if column == 2:
+                    item.setForeground(STATE_COLOURS.get(command.state, QColor("#8a8a8a")))
+                if column == 5 and text:
+                    item.setToolTip(text)
+                self.commands_table.setItem(row, column, item)
+        events = detail.events
+        self.events_table.setRowCount(len(events))
+        for row, event in enumerate(events):
+            cells = [local_time(event.at), event.actor, event.result, event.message]
+            for column, text in enumerate(cells):
+                self.events_table.setItem(row, column, QTableWidgetItem(text))
+        self.events_table.scrollToBottom()
+        self._update_actions()
+
+    # ---- actions -------------------------------------------------------------------------------
+
+    def new_session(self) -> None:
+        if self.app.service is None:
+            return
+        self.app.spawn(self._open_new_session_dialog(), self.tr("list the groups"))
+
+    async def _open_new_session_dialog(self) -> None:
+        service = self.app.service
+        assert service is not None
+        groups = [g["group_code"] for g in await service.groups()]
+        dialog = NewSessionDialog(groups, self._selected_devices(), self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.chosen.connect(self.start_session)
+        dialog.open()
+
+    def start_session(self, group_code: str, device_codes: list[str]) -> None:
+        service = self.app.service
+        if service is None or not group_code:
+            return
+        self.app.spawn(
+            self._start_session(group_code, device_codes),
+            self.tr("start a session for group %s") % group_code,
+        )
+
+    async def _start_session(self, group_code: str, device_codes: list[str]) -> None:
+        service = self.app.service
+        assert service is not None
+        session = await service.start_session(group_code, STAFF, device_codes=device_codes or None)
+        self.select(session.session_id)
+        self.message.emit(self.tr("Session %s started (calibrating)") % session.session_id)
+
+    def start_collection(self) -> None:
+        self._act(self.tr("start collection"), lambda s, sid: s.start_collection(sid, STAFF))
+
+    def end_session(self) -> None:
+        self._act(self.tr("stop collection"), lambda s, sid: s.end_session(sid, STAFF))
+
+    def abort_session(self) -> None:
+        session_id = self.selected_session_id()
+        if session_id is None:
+            return
+        box = QMessageBox(
+            QMessageBox.Icon.Warning,
+            self.tr("Abort session"),
+            self.tr("Abort session %s? Devices are told to stop, best effort.") % session_id,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.accepted.connect(
+            lambda: self._act(self.tr("abort"), lambda s, sid: s.abort_session(sid, STAFF))
+        )
+        box.open()
+
+    def _act(self, what: str, call: Callable[[Any, int], Any]) -> None:
+        service = self.app.service
+        session_id = self.selected_session_id()
+        if service is None or session_id is None:
+            self.message.emit(self.tr("Select a session first."))
+            return
+        self.app.spawn(self._outcome(what, call(service, session_id)), what)
+
+    async def _outcome(self, what: str, coro: Any) -> None:
+        outcome = await coro
+        failed = [c for c in outcome.commands if c.state == CommandState.FAILED]
+        text = self.tr("%s: session %s is %s") % (
+            what,
+            outcome.session.session_id,
+            outcome.session.status,
+        )
+        if failed:
+            text += self.tr("; %d device(s) failed: %s") % (
+                len(failed),
+                "; ".join(f"{c.device_code}: {c.last_error}" for c in failed),
+            )
+        self.message.emit(text)
