@@ -23,6 +23,7 @@ from tenacity import (
 
 from station import __version__
 from station.backend.models import Failure
+from station.devices.transport import DeviceTransport
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,13 @@ def _os_error(exc: BaseException) -> OSError | None:
 
 
 class DeviceClient:
-    """Sends commands to devices over one shared connection pool; never raises for network trouble.
+    """Sends commands to devices through one httpx client; never raises for network trouble.
 
     Each request opens its own connection and asks the device to close it afterwards: the Arduino
     WebServer serves one client at a time, so an idle kept-alive socket would lock others out, and a
-    stale one would fail a command that the device might already have carried out.
+    stale one would fail a command that the device might already have carried out. The default
+    transport (DeviceTransport) does exactly that and nothing more, so a command to a whole fleet
+    goes out quickly; tests pass their own transport.
     """
 
     def __init__(
@@ -158,7 +161,7 @@ class DeviceClient:
         self.configure()
 
         self._http = httpx.AsyncClient(
-            transport=transport,
+            transport=DeviceTransport() if transport is None else transport,
             timeout=self._timeout,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
             headers={"Connection": "close", "User-Agent": f"collection-station/{__version__}"},
