@@ -51,8 +51,8 @@ class Params:
             number = value
         elif isinstance(value, float) and value.is_integer():
             number = int(value)
-        elif isinstance(value, str) and value.strip().isdigit():
-            number = int(value.strip())
+        elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+            number = int(value.strip())  # isdigit alone lets "²" through, which int() refuses
         if number is None or not 0 < number <= MAX_SESSION_ID:
             raise InvalidInput(
                 f"{name} must be a positive integer", field=name, received=str(value)[:100]
@@ -85,6 +85,8 @@ async def read_params(request: web.Request) -> Params:
             form = await request.post()
         except UnicodeDecodeError:
             raise InvalidInput("the form is not valid UTF-8") from None
+        except LookupError as exc:  # a charset parameter naming no known codec
+            raise InvalidInput(f"the form's charset is unknown: {exc}") from None
         except ValueError as exc:
             raise InvalidInput(f"the form could not be read: {exc}") from None
         for name, value in _single(form).items():
@@ -103,7 +105,9 @@ async def read_params(request: web.Request) -> Params:
     if content_type == "application/json" or text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
+            # Beyond JSONDecodeError: integers over Python's digit limit raise a bare
+            # ValueError, and deeply nested arrays exhaust the recursion limit.
             raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise InvalidInput("the JSON body must be an object of named fields")

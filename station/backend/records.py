@@ -320,14 +320,18 @@ def update_command(db: Database, command_id: int, now: str, **fields: Any) -> Co
 
 
 def fail_interrupted_commands(db: Database, now: str) -> list[Command]:
-    """Commands left queued or sent by a station that stopped before the device answered."""
+    """Commands left queued or sent by a station that stopped before the device answered.
+
+    A sent command may have been carried out, as after a timeout, so it fails as one: a start
+    the device may be acting on still earns that device a stop."""
     rows = list(db["commands"].rows_where("state IN ('queued', 'sent')"))
     for row in rows:
+        failure = Failure.TIMEOUT if row["state"] == "sent" else Failure.UNREACHABLE
         db.execute(
-            "UPDATE commands SET state = 'failed', failure = 'unreachable', updated_at = ?,"
+            "UPDATE commands SET state = 'failed', failure = ?, updated_at = ?,"
             " last_error = 'the station stopped before the device answered; send it again'"
             " WHERE command_id = ?",
-            [now, row["command_id"]],
+            [str(failure), now, row["command_id"]],
         )
     return [get_command(db, row["command_id"]) for row in rows]
 

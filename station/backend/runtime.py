@@ -4,8 +4,10 @@ started and stopped together on whatever asyncio loop is current (plain asyncio 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
 
 from aiohttp import web
@@ -89,12 +91,17 @@ class Station:
         if self.monitor is not None:
             await self.monitor.stop()
             self.monitor = None
+        # A request handler may be waiting for a device command. Settling the commands (a short
+        # wait, then cancel) while the server drains lets that handler answer its client, and
+        # shutdown takes one grace period rather than aiohttp's two plus the service's own.
+        closing: list[Awaitable[None]] = []
         if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            closing.append(self._runner.cleanup())
         if self.service is not None:
-            await self.service.close()
-            self.service = None
+            closing.append(self.service.close())
+        await asyncio.gather(*closing)
+        self._runner = None
+        self.service = None
         if self.client is not None:
             await self.client.aclose()
             self.client = None

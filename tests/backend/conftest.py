@@ -307,6 +307,7 @@ class SilentDevice:
     host: str
     port: int = 0
     arrivals: list[float] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set by the first request
 
     @property
     def address(self) -> str:
@@ -357,6 +358,7 @@ async def start_silent() -> AsyncIterator[StartSilent]:
             writers.append(writer)
             try:
                 await reader.readuntil(b"\r\n\r\n")
+                device.arrived.set()
                 await release.wait()
             except (asyncio.IncompleteReadError, ConnectionError):
                 pass
