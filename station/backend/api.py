@@ -17,11 +17,13 @@ from aiohttp import web
 
 from station import __version__
 from station.backend import records
+from station.backend.compat_api import add_routes as add_compat_routes
 from station.backend.errors import InvalidInput, StationError
 from station.backend.models import Command, CommandKind, CommandState, Session, iso, utc_now
 from station.backend.params import Params, read_params
 from station.backend.service import SessionOutcome, StationService
 from station.backend.store import schema_version
+from station.backend.uploads import UploadService
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +161,14 @@ class WxappApi:
                 "openid and device_group_code required", required=["openid", "device_group_code"]
             )
         device_codes = params.text_list("device_codes")
+        # The original server took device_code to pick which device to tell; here that device
+        # takes part in the session, besides the group's.
         extra = params.text("device_code")
-        if extra and extra in {d.device_code for d in self.service.devices()}:
-            device_codes = [*(device_codes or []), extra] if device_codes else None
+        also = (
+            (extra,) if extra and extra in {d.device_code for d in self.service.devices()} else ()
+        )
         session = await self.service.start_session(
-            group_code, _actor(request, params), openid=openid, device_codes=device_codes
+            group_code, _actor(request, params), openid=openid, device_codes=device_codes, also=also
         )
         return reply(
             {
@@ -331,8 +336,9 @@ class WxappApi:
 class StationApi:
     """The station's own JSON API, for scripts, dashboards and tests."""
 
-    def __init__(self, service: StationService, started: float) -> None:
+    def __init__(self, service: StationService, uploads: UploadService, started: float) -> None:
         self.service = service
+        self.uploads = uploads
         self.started = started
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -377,19 +383,23 @@ class StationApi:
         session_id = Params(request.match_info).integer("session_id", required=True)
         assert session_id is not None
         detail = await self.service.session_detail(session_id)
+        stats = await self.uploads.session_stats(session_id)
         return reply(
             {
                 "session": detail.session.to_json(),
-                "devices": self._session_devices(detail.session, detail.commands),
+                "devices": self._session_devices(detail.session, detail.commands, stats),
+                "raw_uploads": stats["raw_uploads"],
                 "commands": [c.to_json() for c in detail.commands],
                 "events": [e.to_json() for e in detail.events],
             }
         )
 
-    def _session_devices(self, session: Session, commands: tuple[Command, ...]) -> list[dict]:
+    def _session_devices(
+        self, session: Session, commands: tuple[Command, ...], stats: dict[str, Any]
+    ) -> list[dict]:
         known = {d.device_code: d for d in self.service.devices()}
         rows = []
-        for code in session.device_codes:
+        for code in sorted({*session.device_codes, *stats["devices"]}):
             device = known.get(code)
             latest = {c.kind: c for c in commands if c.device_code == code}
             rows.append(
@@ -403,6 +413,7 @@ class StationApi:
                     "stop": _command_summary(latest[CommandKind.STOP])
                     if CommandKind.STOP in latest
                     else None,
+                    **stats["devices"].get(code, {"samples": 0, "upload": "pending"}),
                 }
             )
         return rows
@@ -413,6 +424,13 @@ class StationApi:
         params = await read_params(request)
         outcome = await self.service.abort_session(session_id, _actor(request, params))
         return reply({"session": outcome.session.to_json(), **_outcome_fields(outcome)})
+
+    async def finish(self, request: web.Request) -> web.Response:
+        session_id = Params(request.match_info).integer("session_id", required=True)
+        assert session_id is not None
+        params = await read_params(request)
+        session = await self.service.finish_session(session_id, _actor(request, params))
+        return reply({"session": session.to_json()})
 
     async def groups(self, request: web.Request) -> web.Response:
         return reply({"groups": await self.service.groups()})
@@ -451,13 +469,16 @@ def build_app(service: StationService, *, max_body_bytes: int) -> web.Applicatio
                 app.router.add_post(variant, handler)
                 app.router.add_get(variant, handler if method == "GET_POST" else usage)
 
-    own = StationApi(service, app[STARTED])
+    uploads = UploadService(service)
+    add_compat_routes(app, service, uploads, PREFIXES)
+    own = StationApi(service, uploads, app[STARTED])
     app.router.add_get("/healthz", own.healthz)
     app.router.add_get("/api/v1/devices", own.devices)
     app.router.add_get("/api/v1/devices/{device_code}", own.device)
     app.router.add_get("/api/v1/sessions", own.sessions)
     app.router.add_get("/api/v1/sessions/{session_id}", own.session)
     app.router.add_post("/api/v1/sessions/{session_id}/abort", own.abort)
+    app.router.add_post("/api/v1/sessions/{session_id}/finish", own.finish)
     app.router.add_get("/api/v1/groups", own.groups)
     app.router.add_post("/api/v1/groups/{group_code}/devices", own.add_member)
     app.router.add_delete("/api/v1/groups/{group_code}/devices/{device_code}", own.remove_member)

@@ -47,8 +47,26 @@ class EventLogged:
     event: Event
 
 
+@dataclass(frozen=True, slots=True)
+class SamplesStored:
+    """Samples committed for one device and sensor; for live plots (frequent, keep handlers cheap).
+
+    `rows` holds (device_ms or None, received_at, acc_x, acc_y, acc_z, gyro_x, gyro_y, gyro_z)."""
+
+    session_id: int | None
+    device_code: str
+    sensor_type: str
+    rows: tuple[tuple[float | None, float, float, float, float, float, float, float], ...]
+
+
 Change = (
-    DeviceChanged | DeviceForgotten | DeviceSeen | SessionChanged | CommandChanged | EventLogged
+    DeviceChanged
+    | DeviceForgotten
+    | DeviceSeen
+    | SessionChanged
+    | CommandChanged
+    | EventLogged
+    | SamplesStored
 )
 Subscriber = Callable[[Change], None]
 

@@ -19,6 +19,13 @@ def iso(moment: dt.datetime | None) -> str | None:
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_from_ms(ms: float | None) -> str | None:
+    """ISO text for a Unix time in milliseconds."""
+    if ms is None:
+        return None
+    return iso(dt.datetime.fromtimestamp(ms / 1000, dt.UTC))
+
+
 def parse_iso(text: str | None) -> dt.datetime | None:
     if not text:
         return None

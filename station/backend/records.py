@@ -224,6 +224,17 @@ def set_session_status(db: Database, session_id: int, status: SessionStatus, now
     )
 
 
+def devices_not_uploaded(db: Database, session_id: int, device_codes: list[str]) -> list[str]:
+    """Those of device_codes that have not reported their upload complete for the session."""
+    done = {
+        row[0]
+        for row in db.execute(
+            "SELECT device_code FROM device_uploads WHERE session_id = ?", [session_id]
+        ).fetchall()
+    }
+    return [code for code in device_codes if code not in done]
+
+
 # ---- command ledger ------------------------------------------------------------------------
 
 

@@ -503,6 +503,7 @@ class StationService:
         *,
         openid: str | None = None,
         device_codes: list[str] | None = None,
+        also: tuple[str, ...] = (),
     ) -> Session:
         """A new session in `calibrating`, for the group's devices (or the devices given)."""
         group_code = _require_code(group_code, "device_group_code")
@@ -517,6 +518,7 @@ class StationService:
                 members = records.group_member_codes(db, group_code)
                 if not members and records.get_device(db, group_code) is not None:
                     members = [group_code]  # older firmware uses its device code as group code
+            members += [code for code in also if code not in members]
             session_id = records.create_session(db, group_code, openid, actor, now)
             records.add_session_devices(db, session_id, members, now)
             event = records.append_event(
@@ -590,6 +592,8 @@ class StationService:
         actor: str,
         verb: str,
         now: str,
+        note: str = "",
+        data: dict[str, Any] | None = None,
     ) -> tuple[Session, Event]:
         """Move a session, checked and written in one transaction on the single writer."""
         session = records.get_session(db, session_id)
@@ -608,8 +612,10 @@ class StationService:
             actor,
             f"session.{target}",
             "ok",
-            f"session {session_id} is {target} (was {session.status})",
+            f"session {session_id} is {target} (was {session.status})" + note,
             session_id,
+            None,
+            data,
         )
         moved = records.get_session(db, session_id)
         assert moved is not None
@@ -668,7 +674,7 @@ class StationService:
         self.events.publish(SessionChanged(session))
         self._publish_event(event)
         settled = await self._dispatch(session_id, commands)
-        session = await self._complete_if_stopped(session_id)
+        session = await self.complete_if_uploaded(session_id)
         return SessionOutcome(session, tuple(settled))
 
     async def abort_session(self, session_id: int, actor: str = STAFF) -> SessionOutcome:
@@ -705,19 +711,18 @@ class StationService:
             and (c.state != CommandState.FAILED or c.failure == Failure.TIMEOUT)
         ]
 
-    async def _complete_if_stopped(self, session_id: int) -> Session:
-        """stopping → completed once every started device has acknowledged its stop."""
+    async def complete_if_uploaded(self, session_id: int) -> Session:
+        """stopping → completed once every device that may have recorded has reported its
+        upload complete (a device whose start was refused recorded nothing)."""
         now = _now()
 
         def write(db: Database) -> tuple[Session, Event | None]:
             session = records.get_session(db, session_id)
-            assert session is not None
-            if session.status != SessionStatus.STOPPING:
+            if session is None or session.status != SessionStatus.STOPPING:
                 return session, None
-            for code in self._started_devices(db, session_id):
-                stop = records.find_command(db, session_id, code, CommandKind.STOP)
-                if stop is None or stop.state != CommandState.ACKED:
-                    return session, None
+            started = self._started_devices(db, session_id)
+            if records.devices_not_uploaded(db, session_id, started):
+                return session, None
             return self._transition(
                 db,
                 session_id,
@@ -726,13 +731,44 @@ class StationService:
                 STATION,
                 "complete",
                 now,
+                note=": every device reported its upload complete",
             )
 
         session, event = await self.store.write(write)
         if event is not None:
-            log.info("session %s completed: every device stopped", session_id)
+            log.info("session %s completed: every device reported its upload", session_id)
             self.events.publish(SessionChanged(session))
             self._publish_event(event)
+        if session is None:
+            raise NotFound("Session not found", session_id=session_id)
+        return session
+
+    async def finish_session(self, session_id: int, actor: str = STAFF) -> Session:
+        """Staff close a stopping session without waiting for every upload; the event log
+        names the devices that never reported theirs."""
+        now = _now()
+
+        def write(db: Database) -> tuple[Session, Event]:
+            missing = records.devices_not_uploaded(
+                db, session_id, self._started_devices(db, session_id)
+            )
+            return self._transition(
+                db,
+                session_id,
+                (SessionStatus.STOPPING,),
+                SessionStatus.COMPLETED,
+                actor,
+                "be finished (end it first)",
+                now,
+                note=f"; finished by {actor}, devices that never reported their upload "
+                f"complete: {', '.join(missing) if missing else 'none'}",
+                data={"devices_not_uploaded": missing},
+            )
+
+        session, event = await self.store.write(write)
+        log.info("session %s finished by %s", session_id, actor)
+        self.events.publish(SessionChanged(session))
+        self._publish_event(event)
         return session
 
     # ---- commands ----------------------------------------------------------------------------
@@ -793,7 +829,7 @@ class StationService:
         command = await self.store.write(write)
         command = (await self._dispatch(command.session_id, [command]))[0]
         if command.session_id is not None and command.state == CommandState.ACKED:
-            await self._complete_if_stopped(command.session_id)
+            await self.complete_if_uploaded(command.session_id)
         return _raise_if_failed(device, command)
 
     @staticmethod

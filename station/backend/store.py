@@ -120,6 +120,54 @@ def m001_initial_schema(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_samples_and_uploads(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE samples (
+            sample_id INTEGER PRIMARY KEY,
+            session_id INTEGER,
+            device_code TEXT NOT NULL,
+            sensor_type TEXT NOT NULL,
+            acc_x REAL NOT NULL, acc_y REAL NOT NULL, acc_z REAL NOT NULL,
+            gyro_x REAL NOT NULL, gyro_y REAL NOT NULL, gyro_z REAL NOT NULL,
+            angle_x REAL NOT NULL, angle_y REAL NOT NULL, angle_z REAL NOT NULL,
+            device_time TEXT,
+            device_ms REAL,
+            received_at REAL NOT NULL,
+            seq INTEGER
+        );
+        CREATE INDEX samples_by_session ON samples(session_id, device_code, sensor_type);
+        CREATE TABLE raw_uploads (
+            upload_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id INTEGER,
+            device_code TEXT NOT NULL,
+            sensor_type TEXT NOT NULL,
+            data TEXT NOT NULL,
+            received_at TEXT NOT NULL
+        );
+        CREATE TABLE device_uploads (
+            session_id INTEGER NOT NULL,
+            device_code TEXT NOT NULL,
+            completed_at TEXT NOT NULL,
+            reported_stats TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (session_id, device_code)
+        );
+        CREATE TABLE users (
+            user_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            openid TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE device_binds (
+            openid TEXT NOT NULL,
+            device_code TEXT NOT NULL,
+            bound_at TEXT NOT NULL,
+            PRIMARY KEY (openid, device_code)
+        );
+        """
+    )
+
+
 def schema_version(db: Database) -> int:
     return len(migrations.applied(db))
 
