@@ -258,16 +258,24 @@ def _command(row: dict[str, Any]) -> Command:
     )
 
 
+def _dicts(cursor: Any) -> list[dict[str, Any]]:
+    """Rows as dicts, without sqlite-utils' per-call overhead: these run once per device when
+    a command goes to a whole fleet."""
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
 def get_command(db: Database, command_id: int) -> Command:
-    return _command(next(db["commands"].rows_where("command_id = ?", [command_id])))
+    rows = _dicts(db.conn.execute("SELECT * FROM commands WHERE command_id = ?", [command_id]))
+    return _command(rows[0])
 
 
 def find_command(
     db: Database, session_id: int, device_code: str, kind: CommandKind
 ) -> Command | None:
-    rows = list(
-        db["commands"].rows_where(
-            "session_id = ? AND device_code = ? AND kind = ?",
+    rows = _dicts(
+        db.conn.execute(
+            "SELECT * FROM commands WHERE session_id = ? AND device_code = ? AND kind = ?",
             [session_id, device_code, str(kind)],
         )
     )
@@ -302,7 +310,7 @@ def queue_command(
     """Create the ledger entry, or put a failed one back in the queue for another try."""
     existing = find_command(db, session_id, device_code, kind) if session_id else None
     if existing is None:
-        cursor = db.execute(
+        cursor = db.conn.execute(
             "INSERT INTO commands (session_id, device_code, kind, state, created_at, updated_at,"
             " requested_by, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [session_id, device_code, str(kind), "queued", now, now, requested_by, target],

@@ -893,18 +893,28 @@ class StationService:
     async def _dispatch(self, session_id: int | None, commands: list[Command]) -> list[Command]:
         """Send queued commands concurrently; wait for them up to the reply-wait setting."""
         tasks: list[asyncio.Task[Command]] = []
+        sending = []
         for command in commands:
-            self.events.publish(CommandChanged(command))
             key = (command.session_id, command.device_code, command.kind)
             inflight = self._inflight.get(key) if command.session_id is not None else None
             if inflight is not None:
                 tasks.append(inflight)
             elif command.state == CommandState.QUEUED:
-                task = self._spawn(self._deliver(command))  # close() waits for every delivery
-                if command.session_id is not None:
-                    self._inflight[key] = task
-                    task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
-                tasks.append(task)
+                sending.append(command)
+            else:
+                self.events.publish(CommandChanged(command))
+        if sending:
+            now = _now()
+            self.store.write_soon(
+                _mark_sent, [(c.command_id, _target(c, self._devices)) for c in sending], now
+            )
+        for command in sending:
+            key = (command.session_id, command.device_code, command.kind)
+            task = self._spawn(self._deliver(command))  # close() waits for every delivery
+            if command.session_id is not None:
+                self._inflight[key] = task
+                task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
+            tasks.append(task)
         if tasks:
             await asyncio.wait(tasks, timeout=self.settings.reply_wait)
         return await self._reread(commands) if commands else []
@@ -915,7 +925,6 @@ class StationService:
 
     async def _deliver(self, command: Command) -> Command:
         device = self._devices[command.device_code]
-        self.store.write_soon(_mark_sent, command.command_id, _now(), device.address)
         self.events.publish(CommandChanged(replace(command, state=CommandState.SENT)))
         try:
             reply = await self._send(command, _address(device))
@@ -989,8 +998,14 @@ class StationService:
         return updated
 
 
-def _mark_sent(db: Database, command_id: int, now: str, target: str | None) -> None:
-    records.update_command(db, command_id, now, state=CommandState.SENT, target=target)
+def _mark_sent(db: Database, targets: list[tuple[int, str | None]], now: str) -> None:
+    for command_id, target in targets:
+        records.update_command(db, command_id, now, state=CommandState.SENT, target=target)
+
+
+def _target(command: Command, devices: dict[str, Device]) -> str | None:
+    device = devices.get(command.device_code)
+    return device.address if device else command.target
 
 
 def _require_code(value: str | None, field: str) -> str:

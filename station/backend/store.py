@@ -251,7 +251,7 @@ class _DbThread:
             outcome: tuple[bool, Any] = (True, fn(db, *args))
         except Exception as exc:
             outcome = (False, exc)
-        _resolve(loop, future, outcome)
+        _resolve(loop, [(future, outcome)])
 
     @staticmethod
     def _commit_batch(db: Database, batch: list[Job]) -> None:
@@ -267,19 +267,25 @@ class _DbThread:
         except Exception as exc:
             log.error("commit failed, %d writes refused: %s", len(batch), exc)
             outcomes = [(False, exc) for _ in batch]
+        # One wake-up of each waiting loop per commit, not one per job.
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for (_fn, _args, loop, future), outcome in zip(batch, outcomes, strict=True):
-            _resolve(loop, future, outcome)
+            by_loop.setdefault(loop, []).append((future, outcome))
+        for loop, settlements in by_loop.items():
+            _resolve(loop, settlements)
 
 
-def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome: tuple) -> None:
+def _resolve(
+    loop: asyncio.AbstractEventLoop, settlements: list[tuple[asyncio.Future, tuple[bool, Any]]]
+) -> None:
     def settle() -> None:
-        if future.cancelled():
-            return
-        ok, value = outcome
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        for future, (ok, value) in settlements:
+            if future.cancelled():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     try:
         loop.call_soon_threadsafe(settle)
