@@ -12,7 +12,7 @@ from aiohttp import web
 
 from station.backend.errors import InvalidInput, NotFound
 from station.backend.models import SessionStatus, iso, iso_from_ms, parse_iso, utc_now
-from station.backend.params import Params, read_params
+from station.backend.params import MAX_SESSION_ID, Params, read_params
 from station.backend.samples import (
     SENSOR_TYPES,
     SampleError,
@@ -27,6 +27,7 @@ COMPLETION_CODE = "DATA_COLLECTION_COMPLETE_2024"
 TEST_OPENID = "test_user_123456"
 CONFIRMATIONS = ("START_COLLECTION_CONFIRMED", "STOP_COLLECTION_CONFIRMED")
 MAX_SENSOR_TYPE = 32
+MAX_CODE = 64
 
 
 def reply(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -43,6 +44,14 @@ def _session_id(params: Params, *, required: bool = False) -> int | None:
         raise NotFound(
             "Session not found or invalid session_id", session_id=params.text("session_id")
         ) from None
+
+
+def _device_code(params: Params) -> str | None:
+    """device_code when given, held to the same 64-character limit as registration."""
+    value = params.text("device_code")
+    if value is not None and len(value) > MAX_CODE:
+        raise InvalidInput(f"device_code is longer than {MAX_CODE} characters", field="device_code")
+    return value
 
 
 def _summary(acc: tuple[float, ...], gyro: tuple[float, ...], angle: tuple[float, ...]) -> dict:
@@ -62,7 +71,7 @@ class CompatApi:
 
     async def esp32_upload(self, request: web.Request) -> web.Response:
         params = await read_params(request)
-        device_code = params.text("device_code")
+        device_code = _device_code(params)
         sensor_type = params.text("sensor_type")
         data_text = params.raw("data")
         if not device_code or not sensor_type or data_text in (None, ""):
@@ -81,7 +90,9 @@ class CompatApi:
             )
         except SampleError as exc:
             raise InvalidInput(_single_sample_error(str(exc)), detail=str(exc)) from None
-        stored = await self.uploads.store_samples(device_code, sensor_type, session, [sample])
+        stored = await self.uploads.store_samples(
+            device_code, sensor_type, session, [sample], count_session=True
+        )
         body: dict[str, Any] = {
             "msg": "ESP32 data upload success",
             "data_id": stored.first_id,
@@ -104,7 +115,7 @@ class CompatApi:
     async def esp32_batch_upload(self, request: web.Request) -> web.Response:
         params = await read_params(request)
         batch = params.raw("batch_data")
-        device_code = params.text("device_code")
+        device_code = _device_code(params)
         sensor_type = params.text("sensor_type")
         if batch in (None, "") or not device_code or not sensor_type:
             raise InvalidInput(
@@ -126,7 +137,7 @@ class CompatApi:
         except SampleError as exc:
             raise InvalidInput(
                 f"Invalid JSON format for batch_data: {exc}"
-                if "JSON array" not in str(exc)
+                if not str(exc).startswith("batch_data must be a JSON array")
                 else "batch_data must be a JSON array",
                 data_preview=text[:200],
             ) from None
@@ -162,7 +173,7 @@ class CompatApi:
 
     async def upload_sensor_data(self, request: web.Request) -> web.Response:
         params = await read_params(request)
-        device_code = params.text("device_code")
+        device_code = _device_code(params)
         sensor_type = params.text("sensor_type")
         data = params.raw("data")
         if not device_code or not sensor_type or data in (None, ""):
@@ -176,7 +187,7 @@ class CompatApi:
 
     async def mark_upload_complete(self, request: web.Request) -> web.Response:
         params = await read_params(request)
-        device_code = params.text("device_code")
+        device_code = _device_code(params)
         if params.text("session_id") is None or not device_code:
             raise InvalidInput("session_id and device_code required")
         session_id = _session_id(params, required=True)
@@ -269,7 +280,11 @@ class CompatApi:
         assert device_code is not None
         current = params.text("current_session", default="")
         status = params.text("status", default="idle")
-        polled = await self.uploads.poll_commands(device_code, current)
+        reported = _reported_session(current)
+        await self.service.heartbeat(
+            device_code, status, reported, request.remote, via="poll_commands"
+        )
+        polled = await self.uploads.poll_commands(device_code, reported)
         if polled is None:
             # No `command` key at all: the polling sketch crashes on a null command.
             return reply(
@@ -296,7 +311,7 @@ class CompatApi:
     async def bind_device(self, request: web.Request) -> web.Response:
         params = await read_params(request)
         openid = params.text("openid")
-        device_code = params.text("device_code")
+        device_code = _device_code(params)
         if not openid or not device_code:
             raise InvalidInput("openid and device_code required")
         await self.uploads.bind_device(openid[:64], device_code[:64])
@@ -351,6 +366,14 @@ def _json_object(text: Any) -> dict[str, Any]:
     return value
 
 
+def _reported_session(current: str) -> int | None:
+    """The session a polling device says it runs; it sends "" when idle."""
+    if not (current.isascii() and current.isdigit() and len(current) <= 19):
+        return None
+    number = int(current)
+    return number if 0 < number <= MAX_SESSION_ID else None
+
+
 def _json_or_empty(value: Any) -> dict[str, Any]:
     if isinstance(value, dict):
         return value
@@ -358,7 +381,7 @@ def _json_or_empty(value: Any) -> dict[str, Any]:
         return {}
     try:
         parsed = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return parsed if isinstance(parsed, dict) else {}
 

@@ -9,7 +9,8 @@ parsed by one rule per form:
   clock time in Beijing (UTC+8) on the session's start date (the day after, if that would put it
   more than 6 hours before the session started); an impossible time such as 25:00 parses to nothing;
 - an ISO 8601 string: that moment; without an offset it is Beijing time, as the original assumed;
-- anything else (10 or 11 digits, other text): kept as sent, parsed to nothing.
+- anything else (10 or 11 digits, other text, a negative number, a moment outside the years
+  1 to 9999): kept as sent, parsed to nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 SENSOR_TYPES = ("waist", "shoulder", "wrist", "racket")
 SENSOR_BY_ID = {1: "waist", 2: "shoulder", 3: "wrist", 4: "racket"}  # as the firmware numbers them
 AXES = ("acc", "gyro", "angle")
+SQLITE_INTEGER = range(-(2**63), 2**63)
+
+# The device times a datetime can hold, with a day to spare at either end for time zones.
+MIN_DEVICE_MS = dt.datetime(1, 1, 2, tzinfo=dt.UTC).timestamp() * 1000
+MAX_DEVICE_MS = dt.datetime(9999, 12, 30, tzinfo=dt.UTC).timestamp() * 1000
+MAX_MS_DIGITS = len(str(int(MAX_DEVICE_MS)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +57,9 @@ class SampleError(ValueError):
     """One sample that cannot be stored, with the reason in plain words."""
 
 
-# printf("%.2f") writes a failed sensor reading as nan or inf, which is not JSON. Reading them as
-# NaN and Infinity lets the one bad sample be refused instead of losing the whole batch.
+# printf("%.2f") writes a failed sensor reading as nan or inf (-nan when the sign bit is set),
+# which is not JSON. Reading them as NaN and Infinity lets the one bad sample be refused instead
+# of losing the whole batch.
 _C_FLOAT_WORDS = re.compile(r"(?<=[\[,:\s])(-?)(nan|inf(?:inity)?)(?=\s*[\],}])", re.IGNORECASE)
 
 
@@ -62,7 +70,7 @@ def parse_json_text(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         repaired = _C_FLOAT_WORDS.sub(
-            lambda m: m.group(1) + ("NaN" if m.group(2).lower() == "nan" else "Infinity"), text
+            lambda m: "NaN" if m.group(2).lower() == "nan" else m.group(1) + "Infinity", text
         )
         if repaired == text:
             raise
@@ -79,9 +87,13 @@ def _vector(item: dict[str, Any], name: str) -> tuple[float, float, float]:
     for element in value:
         if isinstance(element, bool) or not isinstance(element, (int, float)):
             raise SampleError(f"{name} holds a value that is not a number: {element!r}")
-        if not math.isfinite(element):
+        try:
+            number = float(element)
+        except OverflowError:  # a JSON integer with hundreds of digits
+            raise SampleError(f"{name} holds a number too large for a float") from None
+        if not math.isfinite(number):
             raise SampleError(f"{name} holds NaN or infinity")
-        numbers.append(float(element))
+        numbers.append(number)
     return numbers[0], numbers[1], numbers[2]
 
 
@@ -96,6 +108,8 @@ def parse_sample(item: Any, session_start: dt.datetime | None, fallback_time: An
             seq = int(seq)
         else:
             raise SampleError("seq must be an integer")
+    if seq is not None and seq not in SQLITE_INTEGER:
+        raise SampleError("seq is out of range for a 64-bit integer")
     device_time = None if raw_time is None else _raw_text(raw_time)
     return Sample(acc, gyro, angle, device_time, parse_device_time(raw_time, session_start), seq)
 
@@ -108,19 +122,30 @@ def _raw_text(value: Any) -> str:
 
 def parse_device_time(value: Any, session_start: dt.datetime | None) -> float | None:
     """A device timestamp in Unix milliseconds, by the rules in this module's docstring."""
+    ms = _device_ms(value, session_start)
+    if ms is None or not MIN_DEVICE_MS <= ms <= MAX_DEVICE_MS:
+        return None
+    return ms
+
+
+def _device_ms(value: Any, session_start: dt.datetime | None) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, float):
-        if not math.isfinite(value) or value < 0:
+        if not math.isfinite(value):
             return None
         value = int(value) if value.is_integer() else value
     if isinstance(value, (int, float)):
+        if value < 0:
+            return None
         digits = len(str(int(value)))
         return _from_digits(int(value), digits, session_start, value)
     if not isinstance(value, str):
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
+        if len(text) > MAX_MS_DIGITS:  # also spares int() its limit on digits
+            return None
         return _from_digits(int(text), len(text), session_start, int(text))
     try:
         moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -135,7 +160,7 @@ def _from_digits(
     number: int, digits: int, session_start: dt.datetime | None, exact: float
 ) -> float | None:
     if digits >= 12:
-        return float(exact)
+        return float(exact) if exact <= MAX_DEVICE_MS else None
     if digits > 9:
         return None
     return _wall_clock(number, session_start)

@@ -57,6 +57,10 @@ END_FROM = (SessionStatus.CALIBRATING, SessionStatus.COLLECTING)
 ABORT_FROM = (SessionStatus.CALIBRATING, SessionStatus.COLLECTING, SessionStatus.STOPPING)
 NOTIFY_START_IN = (SessionStatus.CALIBRATING, SessionStatus.COLLECTING)
 
+# The station cannot poll a device without an address: it is judged by its own reports, which
+# the sketches send every 3 s (command polls) or 5 s (heartbeats while collecting).
+SELF_REPORT_INTERVAL = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class Registration:
@@ -364,6 +368,9 @@ class StationService:
             return Liveness.OFFLINE if device_code in self._devices else Liveness.UNKNOWN
         age = (now or time.time()) - seen
         interval = self.settings.poll_interval
+        device = self._devices.get(device_code)
+        if device is not None and device.host is None:
+            interval = max(interval, SELF_REPORT_INTERVAL)
         if age <= interval * 2:
             return Liveness.ONLINE
         if age <= interval * self.settings.missed_polls_offline:
@@ -436,9 +443,16 @@ class StationService:
         await self.store.write(records.save_devices, dirty)
 
     async def heartbeat(
-        self, device_code: str, status: str | None, session_id: int | None, peer: str | None
+        self,
+        device_code: str,
+        status: str | None,
+        session_id: int | None,
+        peer: str | None,
+        *,
+        via: str = "heartbeat",
     ) -> Device:
-        """A device's heartbeat. A device never registered is added, without an address."""
+        """A device's heartbeat, or a command poll, which reports the same. A device never
+        registered is added, without an address."""
         device_code = _require_code(device_code, "device_code")
         if device_code not in self._devices:
             now = _now()
@@ -449,12 +463,12 @@ class StationService:
                 device,
                 f"device:{device_code}",
                 "device.discover",
-                f"device {device_code} first heard from by heartbeat"
+                f"device {device_code} first heard from by {via}"
                 + (f" from {peer}" if peer else "")
                 + "; it has no registered address yet",
             )
         self.record_sign_of_life(
-            device_code, "heartbeat", status=status, session_id=session_id, report=True
+            device_code, via, status=status, session_id=session_id, report=True
         )
         return self._devices[device_code]
 

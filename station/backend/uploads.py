@@ -35,7 +35,9 @@ from station.backend.service import StationService
 log = logging.getLogger(__name__)
 
 UPLOAD_OPEN = (SessionStatus.CALIBRATING, SessionStatus.COLLECTING, SessionStatus.STOPPING)
-REFUSAL_LOG_EVERY = 60.0  # seconds: a device with a hard-coded session id retries all day
+# Seconds between logged refusals per device: a device with a hard-coded session id retries all
+# day, and the flash sketch makes up a new one (its millis()) for every batch.
+REFUSAL_LOG_EVERY = 60.0
 
 
 class UploadRefused(StationError):
@@ -50,8 +52,8 @@ class StoredSamples:
     count: int
     received_at: float
     session: Session | None
-    session_total: int
-    session_sensor_types: int
+    session_total: int | None  # counted only when asked for
+    session_sensor_types: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ class UploadService:
     def __init__(self, service: StationService) -> None:
         self.service = service
         self.store = service.store
-        self._refusals_logged: dict[tuple[str, int], float] = {}
+        self._refusals_logged: dict[str, float] = {}
 
     # ---- samples -----------------------------------------------------------------------------
 
@@ -89,11 +91,10 @@ class UploadService:
         return session
 
     def _log_refusal(self, device_code: str, session_id: int, why: str) -> None:
-        key = (device_code, session_id)
         now = time.monotonic()
-        if now - self._refusals_logged.get(key, -REFUSAL_LOG_EVERY) < REFUSAL_LOG_EVERY:
+        if now - self._refusals_logged.get(device_code, -REFUSAL_LOG_EVERY) < REFUSAL_LOG_EVERY:
             return
-        self._refusals_logged[key] = now
+        self._refusals_logged[device_code] = now
         message = f"upload from {device_code} refused: {why}"
         log.warning(message)
         stamp = _now()
@@ -119,8 +120,13 @@ class UploadService:
         sensor_type: str,
         session: Session | None,
         samples: list[Sample],
+        *,
+        count_session: bool = False,
     ) -> StoredSamples:
-        """Insert samples in one transaction; resolves only once they are committed."""
+        """Insert samples in one transaction; resolves only once they are committed.
+
+        count_session also counts the session's samples and sensor types, for the single
+        upload's reply. That takes time in proportion to the session, so batches skip it."""
         received_at = time.time()
         session_id = session.session_id if session else None
         rows = [
@@ -139,7 +145,7 @@ class UploadService:
             for s in samples
         ]
 
-        def write(db: Database) -> tuple[int, int, int]:
+        def write(db: Database) -> tuple[int, int | None, int | None]:
             first = db.execute("SELECT COALESCE(MAX(sample_id), 0) FROM samples").fetchone()[0] + 1
             db.conn.executemany(
                 "INSERT INTO samples (session_id, device_code, sensor_type, acc_x, acc_y, acc_z,"
@@ -147,8 +153,8 @@ class UploadService:
                 " received_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
-            if session_id is None:
-                return first, 0, 0
+            if session_id is None or not count_session:
+                return first, None, None
             total, types = db.execute(
                 "SELECT COUNT(*), COUNT(DISTINCT sensor_type) FROM samples WHERE session_id = ?",
                 [session_id],
@@ -278,13 +284,12 @@ class UploadService:
 
     # ---- polling devices ---------------------------------------------------------------------
 
-    async def poll_commands(
-        self, device_code: str, current_session: str | None
-    ) -> PolledCommand | None:
-        """The command waiting for a polling device: start while its session needs it, stop while
-        its session is stopping. Delivering it marks the ledger entry sent."""
+    async def poll_commands(self, device_code: str, reported: int | None) -> PolledCommand | None:
+        """The command waiting for a polling device that reports running session `reported`:
+        stop while one of its sessions is stopping (first, so that the stop of an old session
+        does not end the recording of a new one), start while one needs it. Delivering it marks
+        the ledger entry sent."""
         now = _now()
-        reported = int(current_session) if current_session and current_session.isdigit() else None
 
         def write(db: Database) -> tuple[PolledCommand | None, list]:
             changed = []
@@ -292,7 +297,7 @@ class UploadService:
                 "SELECT s.session_id, s.status FROM sessions s WHERE s.status IN"
                 " ('calibrating', 'collecting', 'stopping') AND (s.group_code = ? OR EXISTS"
                 " (SELECT 1 FROM session_devices d WHERE d.session_id = s.session_id"
-                " AND d.device_code = ?)) ORDER BY s.session_id DESC",
+                " AND d.device_code = ?)) ORDER BY s.status = 'stopping' DESC, s.session_id DESC",
                 [device_code, device_code],
             ).fetchall():
                 kind = CommandKind.STOP if status == "stopping" else CommandKind.START
@@ -333,7 +338,6 @@ class UploadService:
         for command in changed:
             if command is not None:
                 self.service.events.publish(CommandChanged(command))
-        self.service.record_sign_of_life(device_code, "poll_commands")
         return polled
 
     async def confirm(self, device_code: str, status: str, session_id: int) -> None:

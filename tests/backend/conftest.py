@@ -110,6 +110,18 @@ class Api:
     async def end_session(self, session_id: int) -> dict[str, Any]:
         return await self.ok("POST", "/wxapp/end_session/", data={"session_id": str(session_id)})
 
+    async def upload_complete(self, session_id: int, device_code: str = DEVICE_CODE) -> dict:
+        """The device says it has uploaded everything it recorded for the session."""
+        return await self.ok(
+            "POST",
+            "/wxapp/esp32/mark_upload_complete/",
+            data={"session_id": str(session_id), "device_code": device_code},
+        )
+
+    async def finish(self, session_id: int) -> dict[str, Any]:
+        """Staff close a stopping session without waiting for the missing uploads."""
+        return await self.ok("POST", f"/api/v1/sessions/{session_id}/finish")
+
     async def devices(self) -> dict[str, dict[str, Any]]:
         body = await self.ok("GET", "/api/v1/devices")
         return {d["device_code"]: d for d in body["devices"]}

@@ -204,7 +204,7 @@ async def test_session_detail_shows_each_devices_start_and_stop(
     assert rows["R1"]["start"]["state"] == "failed"
     assert rows["R1"]["start"]["failure"] == "unreachable"
     assert rows["R1"]["stop"] is None  # a device that never started is not told to stop
-    assert detail["session"]["status"] == "completed"
+    assert detail["session"]["status"] == "stopping"
     assert [(c["device_code"], c["kind"]) for c in detail["commands"]] == [
         ("G1", "start"),
         ("R1", "start"),
@@ -213,6 +213,9 @@ async def test_session_detail_shows_each_devices_start_and_stop(
     messages = [e["message"] for e in detail["events"] if e["action"].startswith("command.")]
     assert len(messages) == 3
     assert any("refused" in m for m in messages)
+    # R1 never started, so it recorded nothing and the session does not wait for its upload.
+    completed = await api.upload_complete(session_id, "G1")
+    assert completed["session_status"] == "completed"
 
 
 # ---- both reply dialects --------------------------------------------------------------------
@@ -232,7 +235,8 @@ async def test_both_reply_dialects_are_acknowledgements(
 
     assert [d["state"] for d in collecting["devices"]] == ["acked"]
     assert [d["state"] for d in ended["devices"]] == ["acked"]
-    assert ended["status"] == "completed"
+    assert ended["status"] == "stopping"
+    assert (await api.upload_complete(session_id))["session_status"] == "completed"
     commands = await ledger(api, session_id)
     expected = "Collection started" if dialect == "seed" else "collection_started"
     assert expected in commands[0]["reply"]

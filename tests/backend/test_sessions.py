@@ -34,12 +34,17 @@ async def test_session_runs_calibrating_collecting_stopping_completed(
 
     assert collecting["status"] == "collecting"
     assert ended["msg"] == "session ended"
-    assert ended["status"] == "completed"
+    assert ended["status"] == "stopping"
     assert [d["state"] for d in ended["devices"]] == ["acked"]
     assert [(r.path, r.fields) for r in device.commands()] == [
         ("/start_collection", {"session_id": str(session_id), "device_code": DEVICE_CODE}),
         ("/stop_collection", {"command": "STOP_COLLECTION", "device_code": DEVICE_CODE}),
     ]
+    assert (await api.session(session_id))["session"]["ended_at"] is None
+
+    uploaded = await api.upload_complete(session_id)
+
+    assert uploaded["session_status"] == "completed"
     detail = await api.session(session_id)
     session = detail["session"]
     assert session["status"] == "completed"
@@ -52,7 +57,7 @@ async def test_session_runs_calibrating_collecting_stopping_completed(
     ]
 
 
-async def test_session_stays_stopping_until_every_device_acknowledges_its_stop(
+async def test_session_stays_stopping_until_every_started_device_reports_its_upload(
     api: Api, start_device: StartDevice
 ) -> None:
     device = await a_device_in_group(api, start_device)
@@ -66,7 +71,28 @@ async def test_session_stays_stopping_until_every_device_acknowledges_its_stop(
     assert ended["devices_failed"] == 1
     device.behaviour = "ok"
     await api.ok("POST", "/wxapp/notify_device_stop/", data={"device_code": DEVICE_CODE})
+    assert (await api.session(session_id))["session"]["status"] == "stopping"
+    await api.upload_complete(session_id)
     assert (await api.session(session_id))["session"]["status"] == "completed"
+
+
+async def test_staff_can_finish_a_stopping_session_without_waiting_for_uploads(
+    api: Api, start_device: StartDevice
+) -> None:
+    await a_device_in_group(api, start_device)
+    session_id = await api.start_session("test_group")
+    await api.start_collection(session_id)
+    assert (await api.end_session(session_id))["status"] == "stopping"
+
+    finished = await api.finish(session_id)
+
+    assert finished["session"]["status"] == "completed"
+    assert finished["session"]["ended_at"]
+    [event] = [
+        e for e in (await api.session(session_id))["events"] if e["action"] == "session.completed"
+    ]
+    assert event["data"] == {"devices_not_uploaded": [DEVICE_CODE]}
+    assert DEVICE_CODE in event["message"]
 
 
 async def test_session_without_devices_completes_when_ended(api: Api) -> None:
@@ -197,7 +223,8 @@ async def test_ten_concurrent_ends_of_one_session_succeed_exactly_once(
     assert device.paths("POST") == ["/start_collection", "/stop_collection"]
     detail = await api.session(session_id)
     assert actions(detail).count("session.stopping") == 1
-    assert detail["session"]["status"] == "completed"
+    assert detail["session"]["status"] == "stopping"
+    assert (await api.upload_complete(session_id))["session_status"] == "completed"
 
 
 async def test_session_ids_are_json_integers_that_increase(api: Api) -> None:

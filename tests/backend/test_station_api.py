@@ -186,11 +186,11 @@ async def test_group_named_after_a_device_code_reaches_that_device(
     assert started["device_codes"] == ["2025001"]
 
 
-async def test_device_code_on_start_session_only_extends_an_explicit_device_list(
+async def test_device_code_on_start_session_takes_part_besides_the_group(
     api: Api,
 ) -> None:
-    """Current behaviour, kept deliberately: the HEAD-era `device_code` field (a WebSocket
-    target there) adds to `device_codes` when given, and otherwise leaves the group's members."""
+    """The HEAD-era `device_code` field (a WebSocket target there) names a registered device
+    that takes part in the session besides the explicit device list or the group's members."""
     for code, address in (("D1", "192.168.1.101"), ("D2", "192.168.1.102")):
         await api.register(code, address)
     await api.join("lab", "D1")
@@ -200,11 +200,11 @@ async def test_device_code_on_start_session_only_extends_an_explicit_device_list
         "/wxapp/start_session/",
         data={"openid": "u", "device_group_code": "lab", "device_codes": "D1", "device_code": "D2"},
     )
-    group_only = await api.ok(
+    with_group = await api.ok(
         "POST",
         "/wxapp/start_session/",
         data={"openid": "u", "device_group_code": "lab", "device_code": "D2"},
     )
 
     assert extended["device_codes"] == ["D1", "D2"]
-    assert group_only["device_codes"] == ["D1"]
+    assert with_group["device_codes"] == ["D1", "D2"]

@@ -122,8 +122,14 @@ async def test_fleet_records_from_start_to_end_of_a_session(
     await asyncio.sleep(1.0)  # let them record
     ended = await mini.end_session(session_id)
 
-    assert ended["status"] == "completed"
+    assert ended["status"] == "stopping"  # until every device reports its upload complete
     assert (ended["devices_acked"], ended["devices_failed"]) == (FLEET_SIZE, 0)
+    for device in fleet:
+        await mini.ok(
+            "POST",
+            "/wxapp/esp32/mark_upload_complete/",
+            {"session_id": session_id, "device_code": device.device_code},
+        )
     assert (await mini.session(session_id))["session"]["status"] == "completed"
     assert not any(d.collecting for d in fleet)
     counts = {d.device_code: assert_recorded_between_start_and_stop(d, session_id) for d in fleet}
@@ -426,8 +432,10 @@ async def test_a_restarted_station_carries_on_the_session_it_was_running(
 
     ended = await mini.end_session(session_id)
 
-    assert ended["status"] == "completed"
+    assert ended["status"] == "stopping"
     assert ended["devices_acked"] == FLEET_SIZE
+    finished = await mini.ok("POST", f"/api/v1/sessions/{session_id}/finish", {})
+    assert finished["session"]["status"] == "completed"
     for device in fleet:
         assert len(commands_received(device, "/start_collection")) == 1
         assert len(commands_received(device, "/stop_collection")) == 1
@@ -470,7 +478,13 @@ async def test_twins_sharing_a_device_code_share_one_record_that_follows_the_las
     await mini.start_data_collection(session_id)
     ended = await mini.end_session(session_id)
 
-    assert ended["status"] == "completed"
+    assert ended["status"] == "stopping"
+    uploaded = await mini.ok(
+        "POST",
+        "/wxapp/esp32/mark_upload_complete/",
+        {"session_id": session_id, "device_code": "TWIN"},
+    )
+    assert uploaded["session_status"] == "completed"
     assert len(commands_received(one, "/start_collection")) == 1
     assert commands_received(two, "/start_collection") == []
     assert len(one.sd_files) == 1
