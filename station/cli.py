@@ -164,6 +164,31 @@ def main(
     type=click.IntRange(min=0),
     help="Devices (from the end) that answer every request with 500.",
 )
+@click.option(
+    "--upload",
+    type=click.Choice(["none", "single", "batch"]),
+    default="batch",
+    show_default=True,
+    help="While collecting, send samples to the station: one every 2 s (the wifi sketch), or "
+    "batches of up to 50 twice a second (the multi-sensor sketch); then mark the upload complete.",
+)
+@click.option(
+    "--all-sensors",
+    is_flag=True,
+    help="Every device is a multi-sensor board with waist, shoulder, wrist and racket.",
+)
+@click.option(
+    "--polling",
+    is_flag=True,
+    help="Devices serve no HTTP and do not register: they poll esp32/poll_commands/ instead.",
+)
+@click.option(
+    "--poll-interval",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between polls, with --polling.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log wire detail (heartbeats, retries).")
 def simulate(
     station_url: str,
@@ -181,6 +206,10 @@ def simulate(
     refuse: int,
     blackhole: int,
     error_500: int,
+    upload: str,
+    all_sensors: bool,
+    polling: bool,
+    poll_interval: float,
     verbose: bool,
 ) -> None:
     """Run a fleet of simulated ESP32 devices until Ctrl-C."""
@@ -201,6 +230,10 @@ def simulate(
             heartbeat_interval=heartbeat,
             sd_dir=sd_dir,
             faults=FleetFaults(slow=slow, refuse=refuse, blackhole=blackhole, error_500=error_500),
+            upload=upload,  # type: ignore[arg-type]  # click.Choice guarantees the values
+            all_sensors=all_sensors,
+            polling=polling,
+            poll_interval=poll_interval,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -284,3 +317,34 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, verbose: bo
             log.info("stopped")
 
     asyncio.run(run())
+
+
+@main.command("export")
+@click.argument("session_id", type=click.IntRange(min=1))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to export into; the session goes to its new subfolder session_<id> "
+    "(session_<id>_2, ... when that exists: nothing is ever overwritten).",
+)
+@_data_dir_option
+def export(session_id: int, out_dir: Path, data_dir: Path | None) -> None:
+    """Export a session: one CSV per device and sensor, plus manifest.json.
+
+    Safe while a station is running on the same data dir.
+    """
+    from station.backend.store import Store
+    from station.config import default_data_dir
+    from station.export import ExportError, export_session_sync
+
+    data_dir = data_dir or default_data_dir()
+    try:
+        result = export_session_sync(data_dir / Store.FILENAME, session_id, out_dir)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"exported session {session_id}: {result.samples} samples in "
+        f"{len(result.files)} files to {result.folder}"
+    )

@@ -1,7 +1,8 @@
 """Simulated IMU samples and the SD-card file a simulated ESP32 records them to.
 
-Used by `station.devices.simulator`; kept apart so that a later simulated uploader can reuse the
-same sample generator without touching the device's HTTP side.
+Used by `station.devices.simulator`; the samples a recording writes are also what the simulated
+uploader (`station.devices.sim_uploads`) sends, so the SD file and the station hold the same
+`seq` and device timestamps.
 """
 
 from __future__ import annotations
@@ -193,24 +194,32 @@ class SessionRecording:
     def closed(self) -> bool:
         return self._file is None
 
-    def record_until(self, now_ms: float) -> int:
-        """Write the samples due by `now_ms` and flush; returns how many were written."""
+    @property
+    def sensor_type(self) -> str:
+        return self.generator.sensor_type
+
+    def record_due(self, now_ms: float) -> list[dict[str, Any]]:
+        """Write the samples due by `now_ms` and flush; returns the samples written."""
         if self._file is None:
-            return 0
+            return []
         samples = self.generator.take_until(now_ms)
         self._writer.writerows(
             (s["seq"], s["timestamp"], *s["acc"], *s["gyro"], *s["angle"]) for s in samples
         )
         self._file.flush()
         self.samples_written += len(samples)
-        return len(samples)
+        return samples
 
-    def close(self, now_ms: float) -> None:
-        """Write what is due up to the stop, then close the file."""
+    def record_until(self, now_ms: float) -> int:
+        """Write the samples due by `now_ms` and flush; returns how many were written."""
+        return len(self.record_due(now_ms))
+
+    def close(self, now_ms: float) -> list[dict[str, Any]]:
+        """Write what is due up to the stop, then close the file; returns those last samples."""
         if self._file is None:
-            return
+            return []
         try:
-            self.record_until(now_ms)
+            return self.record_due(now_ms)
         finally:
             self._file.close()
             self._file = None

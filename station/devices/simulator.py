@@ -1,10 +1,20 @@
 """A simulated fleet of ESP32 sensor devices, for end-to-end tests, benchmarks, demo mode and staff.
 
-Each SimDevice plays `esp32_wifi_notification_fixed.ino`: it registers its address with the
-station at boot and after every Wi-Fi reconnect, serves the firmware's own HTTP API
+By default a SimDevice plays `esp32_wifi_notification_fixed.ino`: it registers its address with
+the station at boot and after every Wi-Fi reconnect, serves the firmware's own HTTP API
 (POST /start_collection, POST /stop_collection, GET /status), records IMU-like samples to a
-CSV file per session on a folder that stands in for its SD card, and sends heartbeats. Faults
-(slow, refusing, silent, failing, dropping off the network) can be switched on at any time.
+CSV file per session and sensor on a folder that stands in for its SD card, and sends heartbeats.
+Faults (slow, refusing, silent, failing, dropping off the network) can be switched on at any time.
+
+Two settings cover the other sketches:
+
+- `upload` sends what is recorded to the station while collecting: `single` is the wifi sketch's
+  one sample every 2 s to esp32/upload/, `batch` the multi-sensor sketch's batches of up to 50 to
+  esp32/batch_upload/ (see `station.devices.sim_uploads`). After a stop the device flushes and
+  reports its upload complete.
+- `polling` plays the deleted `esp32_http_polling.ino` instead: no HTTP server and no
+  registration; the device polls esp32/poll_commands/ every 3 s, confirms START and STOP on
+  esp32/status/ and sends heartbeats every 5 s while collecting.
 
 Runs on whatever asyncio loop is current and never imports Qt. By design it only ever talks to
 loopback addresses: devices listen on 127.0.0.x and the station must be local too.
@@ -33,6 +43,14 @@ from aiohttp import web
 from yarl import URL
 
 from station.devices.sim_samples import SENSOR_TYPES, SessionRecording, stable_seed
+from station.devices.sim_uploads import (
+    UPLOAD_MODES,
+    SessionUploader,
+    StationAnswer,
+    UploadMode,
+    UploadSettings,
+    form_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +62,8 @@ SLOW_REPLY_DELAY = 1.0
 RECORD_TICK = 0.05  # seconds between SD writes while collecting
 SHUTDOWN_TIMEOUT = 0.2  # how long stop() lets in-flight requests finish
 REGISTER_TIMEOUT = 5.0  # the firmware's HTTPClient default
+STATION_TIMEOUT = 5.0  # the same default, for every other request to the station
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 REQUEST_LOG_SIZE = 10_000
 
 
@@ -114,15 +134,45 @@ class SimDeviceConfig:
     request_delay: float = 0.0  # seconds added to every reply
     register_retry_backoff: tuple[float, float] = (0.2, 5.0)  # first and longest wait
     faults: SimFaults = field(default_factory=SimFaults)
+    # The sensors the board carries; empty means just `sensor_type`. The multi-sensor board has
+    # all four, each recorded to its own SD file and uploaded in its own batches.
+    sensor_types: tuple[str, ...] = ()
+    upload: UploadMode = "none"
+    single_upload_interval: float = 2.0  # seconds, single mode
+    batch_interval: float = 0.5  # seconds between batch flushes, batch mode
+    batch_size: int = 50
+    polling: bool = False
+    poll_interval: float = 3.0  # seconds between esp32/poll_commands/ calls
+    polling_heartbeat_interval: float = 5.0  # seconds, while collecting; 0 disables
 
     def __post_init__(self) -> None:
         _require_loopback(self.host, "the device host")
         _require_loopback(URL(self.station_url).host, "the station URL host")
         if self.dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {DIALECTS}, got {self.dialect!r}")
+        if self.upload not in UPLOAD_MODES:
+            raise ValueError(f"upload must be one of {UPLOAD_MODES}, got {self.upload!r}")
         if not 0 < self.sample_rate_hz <= 1000:
             raise ValueError("sample_rate_hz must be in (0, 1000]: timestamps are whole ms")
+        if not 1 <= self.batch_size <= 1000:
+            raise ValueError("batch_size must be between 1 and 1000")
+        for name in ("single_upload_interval", "batch_interval", "poll_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        self.sensor_types = tuple(self.sensor_types) or (self.sensor_type,)
+        if len(set(self.sensor_types)) != len(self.sensor_types):
+            raise ValueError(f"sensor_types repeats a sensor: {self.sensor_types}")
+        self.sensor_type = self.sensor_types[0]
         self.sd_dir = Path(self.sd_dir)
+
+    @property
+    def upload_settings(self) -> UploadSettings:
+        return UploadSettings(
+            mode=self.upload,
+            single_interval=self.single_upload_interval,
+            batch_size=self.batch_size,
+            batch_interval=self.batch_interval,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +204,12 @@ class SimDevice:
         self._closing = False
         self._dropped_out = False
 
-        self._recording: SessionRecording | None = None
+        self._recordings: list[SessionRecording] = []
         self._session_id: int | None = None
-        self._upload_count = 0  # nothing uploads yet; reported as the firmware does
+        self._upload_count = 0  # upload POSTs the station took, reported as the firmware does
+        self._uploader: SessionUploader | None = None  # the collecting session's
+        self._uploaders: list[SessionUploader] = []  # every session's, oldest first
+        self._unix_offset_ms = 0  # Unix ms at millis() == 0: the device's wall clock
 
         self._serial = asyncio.Lock()
         self._blackhole_cleared = asyncio.Event()
@@ -169,6 +222,7 @@ class SimDevice:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._record_task: asyncio.Task[None] | None = None
         self._comeback_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         host, port = self.address
@@ -222,6 +276,34 @@ class SimDevice:
     def uptime_ms(self) -> int:
         return int(self._millis())
 
+    @property
+    def upload_count(self) -> int:
+        return self._upload_count
+
+    def uploaders(self, session_id: int) -> list[SessionUploader]:
+        """The uploads of one session (more than one if it was started again after a stop)."""
+        return [u for u in self._uploaders if u.session_id == session_id]
+
+    def uploaded(self, session_id: int) -> dict[str, list[int]]:
+        """Per sensor type, the `seq` of every sample of the session the station acknowledged."""
+        found: dict[str, list[int]] = {sensor: [] for sensor in self.config.sensor_types}
+        for uploader in self.uploaders(session_id):
+            for sensor, seqs in uploader.acked.items():
+                found[sensor].extend(seqs)
+        return found
+
+    def upload_complete(self, session_id: int) -> bool:
+        """Whether the station accepted this session's mark_upload_complete."""
+        uploads = self.uploaders(session_id)
+        return bool(uploads) and all(u.completed.is_set() for u in uploads)
+
+    async def wait_upload_complete(self, session_id: int) -> None:
+        """Wait (no timeout) until the session is uploaded and reported complete."""
+        uploads = self.uploaders(session_id)
+        if not uploads:
+            raise LookupError(f"{self.device_code} has not uploaded session {session_id}")
+        await asyncio.gather(*(u.wait_complete() for u in uploads))
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -229,6 +311,7 @@ class SimDevice:
         if self._runner is not None:
             return
         self._boot = time.monotonic()
+        self._unix_offset_ms = round(time.time() * 1000)
         self._closing = self._dropped_out = False
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -241,11 +324,19 @@ class SimDevice:
             await self.stop()
             raise
 
+        sensors = "+".join(self.config.sensor_types)
+        if self.config.polling:
+            log.info("%s (%s) started, polling the station", self.device_code, sensors)
+            self._poll_task = asyncio.create_task(self._poll_loop())
+            if self.config.polling_heartbeat_interval > 0:
+                self._heartbeat_task = asyncio.create_task(self._polling_heartbeat_loop())
+            return
+
         faults = self._describe_faults()
         log.info(
             "%s (%s) started on %s%s",
             self.device_code,
-            self.config.sensor_type,
+            sensors,
             self.ip_address,
             "" if faults == "none" else f" with faults: {faults}",
         )
@@ -255,16 +346,25 @@ class SimDevice:
         self._start_registering()
 
     async def stop(self) -> None:
-        """Stop recording, heartbeats and the server; closes the SD file cleanly."""
+        """Stop recording, uploads, heartbeats and the server; closes the SD files cleanly.
+
+        Like pulling the power: samples not uploaded yet stay on the SD card only."""
         if self._runner is None or self._closing:
             return
         self._closing = True
-        tasks = [self._register_task, self._heartbeat_task, self._record_task, self._comeback_task]
+        tasks = [
+            self._register_task,
+            self._heartbeat_task,
+            self._record_task,
+            self._comeback_task,
+            self._poll_task,
+        ]
         for task in tasks:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
-        self._close_recording()
+        self._close_recording(upload=False)
+        await asyncio.gather(*(u.aclose() for u in self._uploaders))
 
         self._site = None
         await self._runner.cleanup()
@@ -282,7 +382,11 @@ class SimDevice:
         await self.stop()
 
     async def wait_registered(self) -> None:
-        """Wait until the station has accepted the device's current address (no timeout)."""
+        """Wait until the station has accepted the device's current address (no timeout).
+
+        A polling device never registers, so for it this returns at once."""
+        if self.config.polling:
+            return
         await self._registered.wait()
 
     async def reconnect_wifi(self) -> None:
@@ -344,6 +448,8 @@ class SimDevice:
     async def _sync_listening(self, *, new_port: bool = False) -> None:
         """Open or close the listening socket to match the faults and the dropout state."""
         assert self._runner is not None
+        if self.config.polling:
+            return  # the polling sketch serves nothing
         wanted = not (self._closing or self._faults.refuse or self._dropped_out)
         if not wanted:
             if self._site is not None:
@@ -458,6 +564,104 @@ class SimDevice:
                     await resp.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.debug("%s heartbeat failed: %r", self.device_code, exc)
+
+    async def _post_form(
+        self, path: str, fields: Sequence[tuple[str, str]]
+    ) -> StationAnswer | None:
+        """POST a hand-built form body, as the sketches do; None when the station could not be
+        reached (or the device is off the network)."""
+        if self._http is None or self._dropped_out:
+            return None
+        timeout = aiohttp.ClientTimeout(total=STATION_TIMEOUT)
+        try:
+            async with self._http.post(
+                self._station(path), data=form_body(fields), headers=FORM, timeout=timeout
+            ) as resp:
+                return StationAnswer(resp.status, await resp.text(errors="replace"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.debug("%s POST %s failed: %r", self.device_code, path, exc)
+            return None
+
+    # -- polling (esp32_http_polling.ino) -------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await self._poll_once()
+            except Exception:  # a bug in one poll must not end the device's polling
+                log.exception("%s poll failed", self.device_code)
+            await asyncio.sleep(self.config.poll_interval)
+
+    async def _poll_once(self) -> None:
+        fields = [
+            ("device_code", self.device_code),
+            ("current_session", str(self._session_id) if self.collecting else ""),
+            ("status", "collecting" if self.collecting else "idle"),
+        ]
+        answer = await self._post_form("/wxapp/esp32/poll_commands/", fields)
+        if answer is None or answer.status != 200:
+            return
+        try:
+            body = json.loads(answer.text)
+        except ValueError:
+            return
+        # The sketch calls strcmp on `command`: a reply without the key means "nothing to do".
+        # A null command crashed the real device; the simulator lets it pass and says so.
+        if not isinstance(body, dict) or "command" not in body:
+            return
+        command = body["command"]
+        if command is None:
+            log.warning("%s got command null, which would crash the real sketch", self.device_code)
+            return
+        session_text = body.get("session_id")
+        if not isinstance(session_text, str):
+            # ArduinoJson reads a number as a null C string: the command cannot be acted on.
+            log.warning("%s got %s without a string session_id", self.device_code, command)
+            return
+        if command == "START_COLLECTION":
+            await self._polled_start(session_text)
+        elif command == "STOP_COLLECTION":
+            await self._polled_stop(session_text)
+
+    async def _polled_start(self, session_text: str) -> None:
+        session_id = _arduino_to_int(session_text)
+        log.info("%s polled START_COLLECTION for session %s", self.device_code, session_id)
+        if self._session_id != session_id:
+            self._close_recording()
+            try:
+                self._open_recording(session_id)
+            except OSError as exc:
+                log.error("%s cannot write to its SD card: %s", self.device_code, exc)
+                return
+        await self._confirm("START_COLLECTION_CONFIRMED", session_text)
+
+    async def _polled_stop(self, session_text: str) -> None:
+        log.info("%s polled STOP_COLLECTION for session %s", self.device_code, session_text)
+        self._close_recording()
+        await self._confirm("STOP_COLLECTION_CONFIRMED", session_text)
+
+    async def _confirm(self, status: str, session_text: str) -> None:
+        fields = [
+            ("status", status),
+            ("session_id", session_text),
+            ("device_code", self.device_code),
+        ]
+        answer = await self._post_form("/wxapp/esp32/status/", fields)
+        if answer is None or answer.status != 200:
+            log.debug("%s %s not taken: %s", self.device_code, status, answer)
+
+    async def _polling_heartbeat_loop(self) -> None:
+        """The polling sketch's heartbeat: only while collecting."""
+        while True:
+            await asyncio.sleep(self.config.polling_heartbeat_interval)
+            if not self.collecting:
+                continue
+            fields = [
+                ("session_id", str(self._session_id)),
+                ("device_code", self.device_code),
+                ("status", "collecting"),
+            ]
+            await self._post_form("/wxapp/esp32/heartbeat/", fields)
 
     # -- the device's HTTP API ------------------------------------------------------------------
 
@@ -595,49 +799,99 @@ class SimDevice:
     def _millis(self) -> float:
         return (time.monotonic() - self._boot) * 1000.0
 
-    def _open_recording(self, session_id: int) -> None:
-        path = self.config.sd_dir / self.device_code / f"session_{session_id}.csv"
-        self._recording = SessionRecording.open(
-            path,
-            session_id,
-            sensor_type=self.config.sensor_type,
-            rate_hz=self.config.sample_rate_hz,
-            start_ms=self._millis(),
-            seed=stable_seed(f"{self.device_code}/{session_id}"),
-        )
-        self._session_id = session_id
-        if path not in self._sd_files:
-            self._sd_files.append(path)
-        self._record_task = asyncio.create_task(self._record_loop(self._recording))
-        log.debug("%s recording session %s to %s", self.device_code, session_id, path)
+    def _sd_path(self, session_id: int, sensor: str) -> Path:
+        """session_<id>.csv on a one-sensor board, session_<id>_<sensor>.csv per sensor else."""
+        folder = self.config.sd_dir / self.device_code
+        if len(self.config.sensor_types) == 1:
+            return folder / f"session_{session_id}.csv"
+        return folder / f"session_{session_id}_{sensor}.csv"
 
-    def _close_recording(self) -> None:
-        recording, self._recording = self._recording, None
+    def _open_recording(self, session_id: int) -> None:
+        sensors = self.config.sensor_types
+        start_ms = self._millis()
+        recordings = []
+        try:
+            for sensor in sensors:
+                seed = f"{self.device_code}/{session_id}"
+                recordings.append(
+                    SessionRecording.open(
+                        self._sd_path(session_id, sensor),
+                        session_id,
+                        sensor_type=sensor,
+                        rate_hz=self.config.sample_rate_hz,
+                        start_ms=start_ms,
+                        seed=stable_seed(seed if len(sensors) == 1 else f"{seed}/{sensor}"),
+                    )
+                )
+        except OSError:
+            for recording in recordings:
+                recording.close(start_ms)
+            raise
+        self._recordings = recordings
+        self._session_id = session_id
+        for recording in recordings:
+            if recording.path not in self._sd_files:
+                self._sd_files.append(recording.path)
+
+        if self.config.upload != "none":
+            self._uploader = SessionUploader(
+                self.device_code,
+                session_id,
+                sensors,
+                self.config.upload_settings,
+                self._post_form,
+                self._unix_offset_ms,
+                on_upload=self._count_upload,
+            )
+            self._uploaders.append(self._uploader)
+            self._uploader.start()
+        self._record_task = asyncio.create_task(self._record_loop(recordings, self._uploader))
+        log.debug("%s recording session %s", self.device_code, session_id)
+
+    def _count_upload(self) -> None:
+        self._upload_count += 1
+
+    def _close_recording(self, *, upload: bool = True) -> None:
+        """Stop recording; with `upload`, the session's uploader flushes and reports complete."""
+        recordings, self._recordings = self._recordings, []
+        uploader, self._uploader = self._uploader, None
         self._session_id = None
         if self._record_task is not None:
             self._record_task.cancel()
             self._record_task = None
-        if recording is None:
-            return
-        try:
-            recording.close(self._millis())
-        except OSError as exc:
-            log.error("%s could not finish %s: %s", self.device_code, recording.path, exc)
-        log.debug(
-            "%s closed session %s after %d samples",
-            self.device_code,
-            recording.session_id,
-            recording.samples_written,
-        )
-
-    async def _record_loop(self, recording: SessionRecording) -> None:
-        while not recording.closed:
-            await asyncio.sleep(RECORD_TICK)
+        now = self._millis()
+        for recording in recordings:
             try:
-                recording.record_until(self._millis())
+                last = recording.close(now)
             except OSError as exc:
-                log.error("%s SD write failed: %s", self.device_code, exc)
-                return
+                log.error("%s could not finish %s: %s", self.device_code, recording.path, exc)
+                continue
+            if uploader is not None:
+                uploader.add(recording.sensor_type, last)
+            log.debug(
+                "%s closed session %s (%s) after %d samples",
+                self.device_code,
+                recording.session_id,
+                recording.sensor_type,
+                recording.samples_written,
+            )
+        if uploader is not None and upload:
+            uploader.finish()
+
+    async def _record_loop(
+        self, recordings: list[SessionRecording], uploader: SessionUploader | None
+    ) -> None:
+        while True:
+            await asyncio.sleep(RECORD_TICK)
+            now = self._millis()
+            for recording in recordings:
+                try:
+                    samples = recording.record_due(now)
+                except OSError as exc:
+                    log.error("%s SD write failed: %s", self.device_code, exc)
+                    return
+                if uploader is not None:
+                    uploader.add(recording.sensor_type, samples)
 
 
 @dataclass(frozen=True, slots=True)
@@ -685,8 +939,13 @@ class SimFleet:
         request_delay: float = 0.0,
         register_retry_backoff: tuple[float, float] = (0.2, 5.0),
         faults: FleetFaults | None = None,
+        upload: UploadMode = "none",
+        all_sensors: bool = False,
+        polling: bool = False,
+        poll_interval: float = 3.0,
     ) -> SimFleet:
-        """Devices SIM001, SIM002, ... on 127.0.0.2, 127.0.0.3, ..., sensor types in rotation."""
+        """Devices SIM001, SIM002, ... on 127.0.0.2, 127.0.0.3, ..., sensor types in rotation
+        (or, with `all_sensors`, every device a multi-sensor board carrying all of them)."""
         if count < 0:
             raise ValueError("count must not be negative")
         if count and first_host + count - 1 > 254:
@@ -708,6 +967,10 @@ class SimFleet:
                     request_delay=request_delay,
                     register_retry_backoff=register_retry_backoff,
                     faults=faults.for_device(i, count),
+                    sensor_types=tuple(sensor_types) if all_sensors else (),
+                    upload=upload,
+                    polling=polling,
+                    poll_interval=poll_interval,
                 )
             )
             for i in range(count)

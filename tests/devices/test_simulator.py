@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import itertools
+import json
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -22,7 +24,7 @@ from aiohttp import web
 from click.testing import CliRunner
 
 from station.cli import main
-from station.devices.sim_samples import CSV_HEADER, SampleGenerator
+from station.devices.sim_samples import CSV_HEADER, SENSOR_TYPES, SampleGenerator
 from station.devices.simulator import (
     FleetFaults,
     SimDevice,
@@ -50,14 +52,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Posted:
+    """One request to the fake station, with its body exactly as it came over the wire."""
+
+    path: str
+    content_type: str
+    body: str
+
+
 @dataclass
 class FakeStation:
-    """Records what devices post to register_device_ip and heartbeat, answers JSON 200."""
+    """Records what devices post (registration, heartbeats, uploads, polls, confirmations) and
+    answers JSON 200, or what a test scripted."""
 
     registrations: list[dict[str, str]] = field(default_factory=list)
     heartbeats: list[dict[str, str]] = field(default_factory=list)
     registration_content_types: list[str] = field(default_factory=list)
     failures_left: int = 0  # answer this many registrations with 503 first
+    posted: list[Posted] = field(default_factory=list)  # every device POST but registrations
+    batch_failures_left: int = 0  # answer this many batch uploads with 500 first
+    single_replies: list[str] = field(default_factory=list)  # msg values to answer uploads with
+    poll_replies: list[dict[str, Any]] = field(default_factory=list)  # then "no new command"
     url: str = ""
     runner: web.AppRunner | None = None
 
@@ -65,6 +81,14 @@ class FakeStation:
         app = web.Application()
         app.router.add_post("/wxapp/register_device_ip/", self._register)
         app.router.add_post("/wxapp/esp32/heartbeat/", self._heartbeat)
+        for path in (
+            "/wxapp/esp32/upload/",
+            "/wxapp/esp32/batch_upload/",
+            "/wxapp/esp32/mark_upload_complete/",
+            "/wxapp/esp32/poll_commands/",
+            "/wxapp/esp32/status/",
+        ):
+            app.router.add_post(path, self._device_post)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", port)
@@ -88,8 +112,28 @@ class FakeStation:
         return web.json_response({"msg": "registered"})
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
+        self.posted.append(Posted(request.path, request.content_type, await request.text()))
         form = dict(await request.post())
         self.heartbeats.append({k: str(v) for k, v in form.items()})
+        return web.json_response({"msg": "ok"})
+
+    def bodies(self, path: str) -> list[str]:
+        return [p.body for p in self.posted if p.path == path]
+
+    async def _device_post(self, request: web.Request) -> web.Response:
+        self.posted.append(Posted(request.path, request.content_type, await request.text()))
+        if request.path == "/wxapp/esp32/batch_upload/":
+            if self.batch_failures_left > 0:
+                self.batch_failures_left -= 1
+                return web.json_response({"error": "Batch upload failed"}, status=500)
+            return web.json_response({"msg": "Batch upload completed"})
+        if request.path == "/wxapp/esp32/upload/":
+            msg = self.single_replies.pop(0) if self.single_replies else "ESP32 data upload success"
+            return web.json_response({"msg": msg})
+        if request.path == "/wxapp/esp32/poll_commands/":
+            if self.poll_replies:
+                return web.json_response(self.poll_replies.pop(0))
+            return web.json_response({"message": "no new command"})
         return web.json_response({"msg": "ok"})
 
 
@@ -742,6 +786,305 @@ def test_fleet_refuses_to_run_past_the_last_address() -> None:
         SimFleet.build(300, "http://127.0.0.1:8000")
 
 
+# -- uploads --------------------------------------------------------------------------------------
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+BATCH_PATH = "/wxapp/esp32/batch_upload/"
+UPLOAD_PATH = "/wxapp/esp32/upload/"
+COMPLETE_PATH = "/wxapp/esp32/mark_upload_complete/"
+POLL_PATH = "/wxapp/esp32/poll_commands/"
+STATUS_PATH = "/wxapp/esp32/status/"
+HEARTBEAT_PATH = "/wxapp/esp32/heartbeat/"
+
+_TWO = r"-?\d+\.\d\d"
+_ONE = r"-?\d+\.\d"
+SAMPLE_OBJECT = re.compile(
+    rf'\{{"acc":\[{_TWO},{_TWO},{_TWO}\],"gyro":\[{_TWO},{_TWO},{_TWO}\],'
+    rf'"angle":\[{_ONE},{_ONE},{_ONE}\]\}}'
+)
+BATCH_ITEM = (
+    rf'\{{"acc":\[{_TWO},{_TWO},{_TWO}\],"gyro":\[{_TWO},{_TWO},{_TWO}\],'
+    rf'"angle":\[{_ONE},{_ONE},{_ONE}\],"timestamp":\d{{13}},"seq":\d+\}}'
+)
+BATCH_DATA = re.compile(rf"\[{BATCH_ITEM}(,{BATCH_ITEM})*\]")
+
+
+def raw_fields(body: str) -> list[tuple[str, str]]:
+    """name=value pairs of a body that was never percent-encoded (no value holds an &)."""
+    return [tuple(pair.split("=", 1)) for pair in body.split("&")]  # type: ignore[misc]
+
+
+def as_sent(row: list[str]) -> dict[str, list[float]]:
+    """An SD row's values as the sketch prints them: acc and gyro %.2f, angle %.1f."""
+    values = [float(v) for v in row[2:]]
+    return {
+        "acc": [float(f"{v:.2f}") for v in values[0:3]],
+        "gyro": [float(f"{v:.2f}") for v in values[3:6]],
+        "angle": [float(f"{v:.1f}") for v in values[6:9]],
+    }
+
+
+async def collect(http: httpx.AsyncClient, device: SimDevice, session_id: int, seconds: float):
+    """Start a session over the device's own API, let it record, stop it."""
+    start = {"session_id": str(session_id), "device_code": device.device_code}
+    assert (await http.post(url(device, "/start_collection"), data=start)).status_code == 200
+    await asyncio.sleep(seconds)
+    stop = {"device_code": device.device_code}
+    assert (await http.post(url(device, "/stop_collection"), data=stop)).status_code == 200
+
+
+def batches_of(station: FakeStation, sensor: str | None = None) -> list[list[tuple[str, str]]]:
+    found = [raw_fields(p.body) for p in station.posted if p.path == BATCH_PATH]
+    return [f for f in found if sensor is None or f[1] == ("sensor_type", sensor)]
+
+
+async def test_batch_uploads_are_the_recorded_samples_as_a_raw_json_array(
+    station: FakeStation, make_device: MakeDevice, http: httpx.AsyncClient
+) -> None:
+    device = await make_device(device_code="B001", upload="batch", batch_interval=0.1)
+
+    await collect(http, device, 5, 0.5)
+    await asyncio.wait_for(device.wait_upload_complete(5), WAIT)
+
+    posts = [p for p in station.posted if p.path == BATCH_PATH]
+    assert len(posts) >= 3
+    assert {p.content_type for p in posts} == {FORM_TYPE}
+    items = []
+    for post in posts:
+        assert "%" not in post.body
+        fields = raw_fields(post.body)
+        assert [name for name, _ in fields] == [
+            "device_code",
+            "sensor_type",
+            "batch_data",
+            "session_id",
+        ]
+        assert (fields[0][1], fields[1][1], fields[3][1]) == ("B001", "waist", "5")
+        assert BATCH_DATA.fullmatch(fields[2][1]), fields[2][1][:200]
+        batch = json.loads(fields[2][1])
+        assert 1 <= len(batch) <= 50
+        items += batch
+
+    _, rows = read_rows(device.sd_files[0])
+    assert [item["seq"] for item in items] == [int(r[0]) for r in rows]
+    offset = items[0]["timestamp"] - int(rows[0][1])
+    assert abs(offset + device.uptime_ms - time.time() * 1000) < 1000  # Unix ms of millis() = 0
+    assert [item["timestamp"] for item in items] == [offset + int(r[1]) for r in rows]
+    for item, row in zip(items, rows, strict=True):
+        assert {k: item[k] for k in ("acc", "gyro", "angle")} == as_sent(row)
+
+    assert station.bodies(COMPLETE_PATH) == [
+        f'session_id=5&device_code=B001&upload_stats={{"total_data_points":{len(rows)},'
+        '"sensor_types":["waist"]}'
+    ]
+    assert station.posted[-1].path == COMPLETE_PATH
+    assert device.uploaded(5) == {"waist": [int(r[0]) for r in rows]}
+    assert device.upload_complete(5)
+    status = (await http.get(url(device, "/status"))).json()
+    assert status["upload_count"] == len(posts) == device.upload_count
+
+
+async def test_a_batch_goes_out_as_soon_as_fifty_samples_wait(
+    station: FakeStation, make_device: MakeDevice, http: httpx.AsyncClient
+) -> None:
+    device = await make_device(upload="batch", sample_rate_hz=1000, batch_interval=5.0)
+
+    await collect(http, device, 2, 0.4)
+    await asyncio.wait_for(device.wait_upload_complete(2), WAIT)
+
+    sizes = [len(json.loads(fields[2][1])) for fields in batches_of(station)]
+    assert max(sizes) == 50
+    assert len(sizes) >= 6  # well before the 5 s timer
+    _, rows = read_rows(device.sd_files[0])
+    assert sum(sizes) == len(rows)
+
+
+async def test_multi_sensor_board_sends_one_batch_per_sensor_type(
+    station: FakeStation, make_device: MakeDevice, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    device = await make_device(
+        device_code="M001", upload="batch", sensor_types=SENSOR_TYPES, batch_interval=0.1
+    )
+
+    await collect(http, device, 9, 0.4)
+    await asyncio.wait_for(device.wait_upload_complete(9), WAIT)
+
+    folder = tmp_path / "sd" / "M001"
+    assert device.sd_files == [folder / f"session_9_{sensor}.csv" for sensor in SENSOR_TYPES]
+    total = 0
+    for sensor, path in zip(SENSOR_TYPES, device.sd_files, strict=True):
+        _, rows = read_rows(path)
+        sent = [item for f in batches_of(station, sensor) for item in json.loads(f[2][1])]
+        assert [item["seq"] for item in sent] == [int(r[0]) for r in rows] != []
+        assert device.uploaded(9)[sensor] == [int(r[0]) for r in rows]
+        total += len(rows)
+    assert station.bodies(COMPLETE_PATH) == [
+        f'session_id=9&device_code=M001&upload_stats={{"total_data_points":{total},'
+        '"sensor_types":["waist","shoulder","wrist","racket"]}'
+    ]
+
+
+async def test_a_refused_batch_is_sent_again_unchanged_and_nothing_is_lost(
+    station: FakeStation, make_device: MakeDevice, http: httpx.AsyncClient
+) -> None:
+    station.batch_failures_left = 3
+    device = await make_device(upload="batch", batch_interval=0.05)
+
+    await collect(http, device, 4, 0.5)
+    await asyncio.wait_for(device.wait_upload_complete(4), WAIT)
+
+    bodies = station.bodies(BATCH_PATH)
+    assert bodies[0] == bodies[1] == bodies[2] == bodies[3]
+    taken = [item["seq"] for body in bodies[3:] for item in json.loads(raw_fields(body)[2][1])]
+    _, rows = read_rows(device.sd_files[0])
+    assert taken == [int(r[0]) for r in rows]
+    assert device.uploaded(4)["waist"] == taken
+    assert device.upload_count == len(bodies) - 3
+
+
+async def test_single_uploads_send_the_newest_sample_and_count_only_acknowledged_ones(
+    station: FakeStation, make_device: MakeDevice, http: httpx.AsyncClient
+) -> None:
+    station.single_replies = ["ESP32 data upload success", "Session not active"]
+    device = await make_device(device_code="W001", upload="single", single_upload_interval=0.1)
+
+    await collect(http, device, 7, 0.55)
+    await asyncio.wait_for(device.wait_upload_complete(7), WAIT)
+
+    posts = [p for p in station.posted if p.path == UPLOAD_PATH]
+    assert len(posts) >= 3
+    assert {p.content_type for p in posts} == {FORM_TYPE}
+    _, rows = read_rows(device.sd_files[0])
+    by_millis = {row[1]: row for row in rows}
+    seqs = []
+    for post in posts:
+        fields = raw_fields(post.body)
+        assert [name for name, _ in fields] == [
+            "device_code",
+            "sensor_type",
+            "data",
+            "session_id",
+            "timestamp",
+        ]
+        assert (fields[0][1], fields[1][1], fields[3][1]) == ("W001", "waist", "7")
+        assert SAMPLE_OBJECT.fullmatch(fields[2][1]), fields[2][1]
+        row = by_millis[fields[4][1]]  # timestamp is the sample's millis()
+        assert json.loads(fields[2][1]) == as_sent(row)
+        seqs.append(int(row[0]))
+    assert seqs == sorted(set(seqs))
+
+    acknowledged = [seq for i, seq in enumerate(seqs) if i != 1]
+    assert device.uploaded(7) == {"waist": acknowledged}
+    assert device.upload_count == len(posts) - 1
+    assert station.bodies(COMPLETE_PATH) == [
+        f'session_id=7&device_code=W001&upload_stats={{"total_data_points":{len(posts) - 1},'
+        '"sensor_types":["waist"]}'
+    ]
+
+
+async def test_a_device_without_uploads_never_posts_samples(
+    station: FakeStation, make_device: MakeDevice, http: httpx.AsyncClient
+) -> None:
+    device = await make_device()
+
+    await collect(http, device, 3, 0.3)
+    await asyncio.sleep(0.2)
+
+    assert station.posted == [p for p in station.posted if p.path == HEARTBEAT_PATH]
+    assert device.uploaded(3) == {"waist": []}
+
+
+# -- polling --------------------------------------------------------------------------------------
+
+
+def poll_command(command: str | None, session_id: Any = None) -> dict[str, Any]:
+    return {"device_code": "P001", "command": command, "session_id": session_id, "message": ""}
+
+
+async def test_polling_device_starts_and_stops_on_polled_commands_and_confirms_them(
+    station: FakeStation, make_device: MakeDevice
+) -> None:
+    station.poll_replies = [
+        {"device_code": "P001", "current_session": "", "status": "idle", "message": "无新指令"},
+        poll_command("START_COLLECTION", "12"),
+    ]
+    device = await make_device(
+        device_code="P001",
+        polling=True,
+        poll_interval=0.05,
+        polling_heartbeat_interval=0.05,
+        upload="batch",
+        batch_interval=0.05,
+    )
+    await wait_until(lambda: device.collecting)
+    assert device.session_id == 12
+    await wait_until(lambda: len(station.heartbeats) >= 2)
+
+    station.poll_replies.append(poll_command("STOP_COLLECTION", "12"))
+    await wait_until(lambda: not device.collecting)
+    await asyncio.wait_for(device.wait_upload_complete(12), WAIT)
+
+    assert station.registrations == [] and not device.listening
+    assert {p.content_type for p in station.posted} == {FORM_TYPE}
+    polls = station.bodies(POLL_PATH)
+    assert polls[:2] == ["device_code=P001&current_session=&status=idle"] * 2
+    assert "device_code=P001&current_session=12&status=collecting" in polls
+    assert station.bodies(STATUS_PATH) == [
+        "status=START_COLLECTION_CONFIRMED&session_id=12&device_code=P001",
+        "status=STOP_COLLECTION_CONFIRMED&session_id=12&device_code=P001",
+    ]
+    assert set(station.bodies(HEARTBEAT_PATH)) == {
+        "session_id=12&device_code=P001&status=collecting"
+    }
+    paths = [p.path for p in station.posted]
+    assert paths.index(HEARTBEAT_PATH) > paths.index(STATUS_PATH)  # none while idle
+    _, rows = read_rows(device.sd_files[0])
+    assert device.uploaded(12)["waist"] == [int(r[0]) for r in rows] != []
+    assert len(station.bodies(COMPLETE_PATH)) == 1
+
+
+async def test_polling_device_ignores_a_null_command_and_a_numeric_session_id(
+    station: FakeStation, make_device: MakeDevice
+) -> None:
+    station.poll_replies = [
+        poll_command(None),
+        poll_command("START_COLLECTION", 12),
+        {"device_code": "P001", "command": "START_COLLECTION"},
+        poll_command("START_COLLECTION", "3"),
+    ]
+    device = await make_device(device_code="P001", polling=True, poll_interval=0.05)
+
+    await wait_until(lambda: device.collecting)
+
+    assert device.session_id == 3
+    assert len(station.bodies(POLL_PATH)) == 4
+    assert station.bodies(STATUS_PATH) == [
+        "status=START_COLLECTION_CONFIRMED&session_id=3&device_code=P001"
+    ]
+
+
+async def test_polling_device_without_uploads_reports_no_upload(
+    station: FakeStation, make_device: MakeDevice
+) -> None:
+    station.poll_replies = [poll_command("START_COLLECTION", "5")]
+    device = await make_device(device_code="P001", polling=True, poll_interval=0.05)
+    await wait_until(lambda: device.collecting)
+
+    station.poll_replies.append(poll_command("STOP_COLLECTION", "5"))
+    await wait_until(lambda: len(station.bodies(STATUS_PATH)) == 2)
+
+    assert not device.collecting
+    assert station.bodies(COMPLETE_PATH) == []
+    assert device.upload_count == 0
+
+
+def test_config_refuses_an_unknown_upload_mode_and_repeated_sensors() -> None:
+    with pytest.raises(ValueError, match="upload"):
+        SimDeviceConfig(device_code="X", upload="bulk")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="repeats"):
+        SimDeviceConfig(device_code="X", sensor_types=("waist", "waist"))
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 
@@ -749,7 +1092,17 @@ def test_simulate_help_lists_the_options() -> None:
     result = CliRunner().invoke(main, ["simulate", "--help"])
 
     assert result.exit_code == 0
-    for option in ("--station", "--count", "--dialect", "--sd-dir", "--blackhole", "--error-500"):
+    for option in (
+        "--station",
+        "--count",
+        "--dialect",
+        "--sd-dir",
+        "--blackhole",
+        "--error-500",
+        "--upload",
+        "--polling",
+        "--all-sensors",
+    ):
         assert option in result.output
 
 
