@@ -20,6 +20,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from math import isfinite
 from typing import Any
 
 BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
@@ -78,6 +79,16 @@ def parse_json_text(text: str) -> Any:
 
 
 def _vector(item: dict[str, Any], name: str) -> tuple[float, float, float]:
+    value = item.get(name)
+    if type(value) is list and len(value) == 3:
+        x, y, z = value
+        # The common case, three floats as printf writes them, without the checks below.
+        if type(x) is float and type(y) is float and type(z) is float and isfinite(x + y + z):
+            return x, y, z
+    return _checked_vector(item, name)
+
+
+def _checked_vector(item: dict[str, Any], name: str) -> tuple[float, float, float]:
     if name not in item:
         raise SampleError(f"missing {name}")
     value = item[name]
@@ -100,7 +111,7 @@ def _vector(item: dict[str, Any], name: str) -> tuple[float, float, float]:
 def parse_sample(item: Any, session_start: dt.datetime | None, fallback_time: Any = None) -> Sample:
     if not isinstance(item, dict):
         raise SampleError("a sample must be a JSON object with acc, gyro and angle")
-    acc, gyro, angle = (_vector(item, name) for name in AXES)
+    acc, gyro, angle = _vector(item, "acc"), _vector(item, "gyro"), _vector(item, "angle")
     raw_time = item.get("timestamp", fallback_time)
     seq = item.get("seq", item.get("sequence"))
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):

@@ -17,7 +17,7 @@ from sqlite_utils import Database
 
 from station.backend import records
 from station.backend.errors import NotFound, StationError
-from station.backend.events import CommandChanged, SamplesStored
+from station.backend.events import CommandChanged, SamplesStored, SessionChanged
 from station.backend.models import (
     CommandKind,
     CommandState,
@@ -71,6 +71,17 @@ class UploadService:
         self.service = service
         self.store = service.store
         self._refusals_logged: dict[str, float] = {}
+        # Open sessions by id, so an upload costs no read; kept current by session events.
+        self._sessions: dict[int, Session] = {}
+        service.events.subscribe(self._on_change)
+
+    def _on_change(self, change: object) -> None:
+        if isinstance(change, SessionChanged):
+            session = change.session
+            if session.status in UPLOAD_OPEN:
+                self._sessions[session.session_id] = session
+            else:
+                self._sessions.pop(session.session_id, None)
 
     # ---- samples -----------------------------------------------------------------------------
 
@@ -79,7 +90,11 @@ class UploadService:
         does not exist, 400 when it is not calibrating, collecting or stopping."""
         if session_id is None:
             return None
-        session = await self.store.read(records.get_session, session_id)
+        session = self._sessions.get(session_id)
+        if session is None:
+            session = await self.store.read(records.get_session, session_id)
+            if session is not None and session.status in UPLOAD_OPEN:
+                self._sessions[session_id] = session
         if session is None:
             self._log_refusal(device_code, session_id, f"session {session_id} does not exist")
             raise NotFound("Session not found or invalid session_id", session_id=session_id)
@@ -146,7 +161,18 @@ class UploadService:
         ]
 
         def write(db: Database) -> tuple[int, int | None, int | None]:
-            first = db.execute("SELECT COALESCE(MAX(sample_id), 0) FROM samples").fetchone()[0] + 1
+            if session_id is not None:
+                # The cache that admitted this upload may be a moment behind: the session's
+                # status decides here, in the same transaction as the insert.
+                status = db.conn.execute(
+                    "SELECT status FROM sessions WHERE session_id = ?", [session_id]
+                ).fetchone()[0]
+                if status not in UPLOAD_OPEN:
+                    raise UploadRefused(
+                        "Session not active", session_id=session_id, session_status=status
+                    )
+            first = db.conn.execute("SELECT COALESCE(MAX(sample_id), 0) FROM samples").fetchone()
+            first = first[0] + 1
             db.conn.executemany(
                 "INSERT INTO samples (session_id, device_code, sensor_type, acc_x, acc_y, acc_z,"
                 " gyro_x, gyro_y, gyro_z, angle_x, angle_y, angle_z, device_time, device_ms,"
