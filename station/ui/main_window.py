@@ -1,12 +1,13 @@
-"""The main window: the address header, the Devices, Sessions and Plots tabs and the log dock,
-all fed by the running station's service events."""
+"""The main window: the address header, the Devices, Sessions, Live data and Fleet health tabs
+and the log dock, all fed by the running station's service events. One frame timer redraws
+whichever plots are visible."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -25,17 +26,21 @@ from station.backend.events import (
     DeviceForgotten,
     DeviceSeen,
     EventLogged,
+    SamplesStored,
     SessionChanged,
 )
 from station.backend.runtime import lan_addresses
 from station.ui.application import StationApp
 from station.ui.devices import DevicesView
+from station.ui.live import LiveView
 from station.ui.log_view import BufferHandler, LogDock
 from station.ui.plots import PlotsView
 from station.ui.sessions import SessionsView
 from station.ui.settings_dialog import SettingsDialog
 
 log = logging.getLogger(__name__)
+
+FRAME_MS = 40  # the one redraw timer: 25 frames a second
 
 
 class AddressHeader(QWidget):
@@ -102,11 +107,13 @@ class MainWindow(QMainWindow):
         self.header = AddressHeader(self)
         self.sessions = SessionsView(app, lambda: self.devices.selected_codes(), self)
         self.devices = DevicesView(app, self.sessions.selected_session_id, self)
+        self.live = LiveView(self)
         self.plots = PlotsView(self)
         self.tabs = QTabWidget(self)
         self.tabs.addTab(self.devices, self.tr("&Devices"))
         self.tabs.addTab(self.sessions, self.tr("&Sessions"))
-        self.tabs.addTab(self.plots, self.tr("&Plots"))
+        self.tabs.addTab(self.live, self.tr("&Live data"))
+        self.tabs.addTab(self.plots, self.tr("Fleet &health"))
 
         central = QWidget(self)
         layout = QVBoxLayout(central)
@@ -129,6 +136,11 @@ class MainWindow(QMainWindow):
         self.restore_state()
         if app.running:
             self.attach()
+
+        self._frame = QTimer(self)
+        self._frame.setInterval(FRAME_MS)
+        self._frame.timeout.connect(self.redraw_plots)
+        self._frame.start()
 
     def _build_menus(self) -> None:
         station_menu = self.menuBar().addMenu(self.tr("&Station"))
@@ -158,7 +170,7 @@ class MainWindow(QMainWindow):
         self.filter_action.setShortcut(QKeySequence.StandardKey.Find)
         self.filter_action.triggered.connect(self._focus_filter)
         view_menu.addAction(self.filter_action)
-        for number in range(3):
+        for number in range(self.tabs.count()):
             tab = QAction(self.tabs.tabText(number).replace("&", ""), self)
             tab.setShortcut(QKeySequence(f"Alt+{number + 1}"))
             tab.triggered.connect(lambda _checked=False, n=number: self.tabs.setCurrentIndex(n))
@@ -181,6 +193,7 @@ class MainWindow(QMainWindow):
         devices = service.devices()
         self.devices.model.reset(devices)
         self.plots.reset(devices)
+        self.live.reset(devices)
         if self._unsubscribe is None:
             self._unsubscribe = service.events.subscribe(self.on_change)
         self.app.spawn(self.sessions.load(), self.tr("load the sessions"))
@@ -194,15 +207,20 @@ class MainWindow(QMainWindow):
 
     def on_change(self, change: Any) -> None:
         """Called by the service after each commit; only updates models and buffers."""
-        if isinstance(change, DeviceSeen):
+        if isinstance(change, SamplesStored):
+            self.live.samples_stored(change)
+            self.sessions.samples_stored(change.session_id)
+        elif isinstance(change, DeviceSeen):
             self.devices.model.seen(change.device_code, change.at)
             self.plots.device_seen(change.device_code)
         elif isinstance(change, DeviceChanged):
             self.devices.model.upsert(change.device)
             self.plots.device_changed(change.device)
+            self.live.device_changed(change.device)
         elif isinstance(change, DeviceForgotten):
             self.devices.model.remove(change.device_code)
             self.plots.device_forgotten(change.device_code)
+            self.live.device_forgotten(change.device_code)
         elif isinstance(change, SessionChanged):
             self.sessions.session_changed(change.session)
         elif isinstance(change, CommandChanged):
@@ -210,6 +228,11 @@ class MainWindow(QMainWindow):
             self.plots.command_changed(change.command)
         elif isinstance(change, EventLogged):
             self.sessions.event_logged(change.event)
+
+    def redraw_plots(self) -> None:
+        """The one frame timer: each view redraws only if it is visible and has news."""
+        self.live.redraw()
+        self.plots.redraw()
 
     # ---- messages ------------------------------------------------------------------------------
 

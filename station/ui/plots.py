@@ -1,6 +1,6 @@
-"""The Plots tab: liveness lanes per device, command round trips and heartbeat traffic over the
-last minutes. Event handlers only append to numpy ring buffers; one timer redraws what changed
-(stack notes §5: 1-px pens, no antialiasing, clip to view, explicit ranges)."""
+"""The Fleet health tab: liveness lanes per device, command round trips and heartbeat traffic over
+the last minutes. Event handlers only append to numpy ring buffers; the window's one frame timer
+calls `redraw` (stack notes §5: 1-px pens, no antialiasing, clip to view, explicit ranges)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from PySide6.QtWidgets import QVBoxLayout, QWidget
 from station.backend.models import Command, Device, Liveness
 
 WINDOW_S = 120  # seconds of history shown
-FRAME_MS = 40  # 25 frames a second
 LATENCY_POINTS = 512  # per device
 MAX_LANES = 64
 
@@ -118,10 +117,6 @@ class PlotsView(QWidget):
         self._second.setInterval(1000)
         self._second.timeout.connect(self.sample)
         self._second.start()
-        self._frame = QTimer(self)
-        self._frame.setInterval(FRAME_MS)
-        self._frame.timeout.connect(self.redraw)
-        self._frame.start()
 
     # ---- feeding (cheap: buffers only) --------------------------------------------------------
 
@@ -171,7 +166,7 @@ class PlotsView(QWidget):
         self._beats_this_second = 0
         self._dirty = True
 
-    # ---- drawing (the one frame timer) ---------------------------------------------------------
+    # ---- drawing (called by the window's one frame timer) -------------------------------------
 
     def redraw(self) -> None:
         if not self._dirty or not self.isVisible():

@@ -1,12 +1,15 @@
-"""The Sessions tab: every session with its progress, the selected session's command ledger and
-event log, and the staff actions (new session, start collection, stop collection, abort).
-Sessions started over HTTP appear here from the service's events, without a refresh."""
+"""The Sessions tab: every session with its progress; for the selected one, what each device
+uploaded (samples, sensors, first and last sample, upload pending or complete), the command
+ledger and the event log; and the staff actions (new session, start collection, stop collection,
+finish, abort, export). Sessions started over HTTP appear here from the service's events."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import (
@@ -27,6 +30,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QFileDialog,
     QFormLayout,
     QLabel,
     QMessageBox,
@@ -40,13 +44,27 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from station.backend.models import Command, CommandKind, CommandState, Event, Session, parse_iso
-from station.backend.service import SessionDetail
+from station.backend.errors import StationError
+from station.backend.models import (
+    Command,
+    CommandKind,
+    CommandState,
+    Event,
+    Session,
+    SessionStatus,
+    parse_iso,
+)
+from station.backend.service import SessionDetail, StationService
+from station.backend.uploads import UploadService
 from station.ui.application import StationApp
 from station.ui.devices import ago
 
+log = logging.getLogger(__name__)
+
 Index = QModelIndex | QPersistentModelIndex
 STAFF = "staff"
+STATS_EVERY_MS = 1000  # while samples arrive, the upload figures are re-read at most this often
+UPLOAD_COLOURS = {"complete": QColor("#2e9d44"), "pending": QColor("#d89a16")}
 
 STATE_COLOURS = {
     CommandState.ACKED: QColor("#2e9d44"),
@@ -64,6 +82,16 @@ def local_time(stamp: str | None) -> str:
     if local.date() == dt.date.today():
         return local.strftime("%H:%M:%S")
     return local.strftime("%Y-%m-%d %H:%M")
+
+
+def plain_words(exc: BaseException) -> str:
+    """A failure as staff should read it, without a traceback."""
+    if isinstance(exc, StationError):
+        return exc.message
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return str(exc) or type(exc).__name__
 
 
 def _epoch(stamp: str | None) -> float | None:
@@ -249,6 +277,10 @@ class SessionsView(QWidget):
         self.app = app
         self._selected_devices = selected_devices
         self._detail_for: int | None = None
+        self._uploads: tuple[StationService, UploadService] | None = None
+        self._reading: dict[str, bool] = {}  # "detail"/"stats": a read in flight, and rerun?
+        self.export_dialog: QFileDialog | None = None
+        self._export_folder: Path | None = None  # where the last export went
 
         self.model = SessionTableModel(self)
         self.proxy = QSortFilterProxyModel(self)
@@ -268,6 +300,22 @@ class SessionsView(QWidget):
 
         self.summary = QLabel(self.tr("Select a session to see its devices and event log."), self)
         self.summary.setWordWrap(True)
+        self.uploads_table = QTableWidget(0, 6, self)
+        self.uploads_table.setObjectName("session_uploads")
+        self.uploads_table.setHorizontalHeaderLabels(
+            [
+                self.tr("Device"),
+                self.tr("Samples"),
+                self.tr("Sensors"),
+                self.tr("First sample"),
+                self.tr("Last sample"),
+                self.tr("Upload"),
+            ]
+        )
+        self.uploads_table.horizontalHeader().setStretchLastSection(True)
+        self.uploads_table.verticalHeader().hide()
+        self.uploads_table.verticalHeader().setDefaultSectionSize(22)
+        self.uploads_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.commands_table = QTableWidget(0, 6, self)
         self.commands_table.setObjectName("session_commands")
         self.commands_table.setHorizontalHeaderLabels(
@@ -303,6 +351,7 @@ class SessionsView(QWidget):
         detail_layout = QVBoxLayout(detail)
         detail_layout.setContentsMargins(0, 0, 0, 0)
         detail_layout.addWidget(self.summary)
+        detail_layout.addWidget(self.uploads_table, 1)
         detail_layout.addWidget(self.commands_table, 1)
         detail_layout.addWidget(self.events_table, 1)
         splitter = QSplitter(Qt.Orientation.Horizontal, self)
@@ -319,6 +368,11 @@ class SessionsView(QWidget):
         self._detail_timer.setSingleShot(True)
         self._detail_timer.setInterval(50)
         self._detail_timer.timeout.connect(self._reload_detail)
+        # Samples arrive many times a second; their figures are re-read once a second at most.
+        self._stats_timer = QTimer(self)
+        self._stats_timer.setSingleShot(True)
+        self._stats_timer.setInterval(STATS_EVERY_MS)
+        self._stats_timer.timeout.connect(self._reload_stats)
         self._tick = QTimer(self)
         self._tick.setInterval(1000)
         self._tick.timeout.connect(self.model.repaint_durations)
@@ -338,12 +392,23 @@ class SessionsView(QWidget):
             self.tr("Start collection"), "Ctrl+Return", self.start_collection
         )
         self.end_action = make(self.tr("Stop collection"), "Ctrl+E", self.end_session)
+        self.finish_action = make(self.tr("Finish"), "Ctrl+Shift+F", self.finish_session)
+        self.finish_action.setToolTip(
+            self.tr(
+                "Complete a stopping session without waiting for the devices that have not "
+                "reported their upload"
+            )
+        )
         self.abort_action = make(self.tr("Abort"), "Ctrl+Shift+A", self.abort_session)
+        self.export_action = make(self.tr("Export…"), "Ctrl+Shift+E", self.export_session)
+        self.export_action.setToolTip(self.tr("Write the session's samples to a folder"))
         self.actions_list = [
             self.new_action,
             self.collect_action,
             self.end_action,
+            self.finish_action,
             self.abort_action,
+            self.export_action,
         ]
 
     # ---- feeding -------------------------------------------------------------------------------
@@ -375,6 +440,11 @@ class SessionsView(QWidget):
         if event.session_id is not None and event.session_id == self._detail_for:
             self._detail_timer.start()
 
+    def samples_stored(self, session_id: int | None) -> None:
+        if session_id is not None and session_id == self._detail_for:
+            if not self._stats_timer.isActive():
+                self._stats_timer.start()
+
     # ---- selection -----------------------------------------------------------------------------
 
     def selected_session(self) -> Session | None:
@@ -397,6 +467,7 @@ class SessionsView(QWidget):
         self._detail_for = self.selected_session_id()
         self._update_actions()
         if self._detail_for is None:
+            self.uploads_table.setRowCount(0)
             self.commands_table.setRowCount(0)
             self.events_table.setRowCount(0)
             return
@@ -409,13 +480,44 @@ class SessionsView(QWidget):
         self.new_action.setEnabled(running)
         self.collect_action.setEnabled(running and status == "calibrating")
         self.end_action.setEnabled(running and status in ("calibrating", "collecting"))
+        self.finish_action.setEnabled(running and status == SessionStatus.STOPPING)
         self.abort_action.setEnabled(running and session is not None and session.status.active)
+        self.export_action.setEnabled(running and session is not None)
 
     def _reload_detail(self) -> None:
-        service = self.app.service
-        if service is None or self._detail_for is None:
+        self._read("detail", self._show_detail, self.tr("read the session"))
+
+    def _reload_stats(self) -> None:
+        self._read("stats", self._show_stats, self.tr("read the session's uploads"))
+
+    def _read(self, what: str, show: Callable[[int], Any], words: str) -> None:
+        """One read of each kind at a time; a request meanwhile runs once more afterwards."""
+        if self.app.service is None or self._detail_for is None:
             return
-        self.app.spawn(self._show_detail(self._detail_for), self.tr("read the session"))
+        if what in self._reading:
+            self._reading[what] = True
+            return
+        self._reading[what] = False
+        self.app.spawn(self._read_then_maybe_again(what, show, words), words)
+
+    async def _read_then_maybe_again(
+        self, what: str, show: Callable[[int], Any], words: str
+    ) -> None:
+        try:
+            if self._detail_for is not None:
+                await show(self._detail_for)
+        finally:
+            again = self._reading.pop(what, False)
+        if again:
+            self._read(what, show, words)
+
+    def upload_service(self) -> UploadService | None:
+        service = self.app.service
+        if service is None:
+            return None
+        if self._uploads is None or self._uploads[0] is not service:
+            self._uploads = (service, UploadService(service))
+        return self._uploads[1]
 
     async def _show_detail(self, session_id: int) -> None:
         service = self.app.service
@@ -424,6 +526,47 @@ class SessionsView(QWidget):
         detail = await service.session_detail(session_id)
         if session_id == self._detail_for:
             self.show_detail(detail)
+        await self._show_stats(session_id)
+
+    async def _show_stats(self, session_id: int) -> None:
+        uploads = self.upload_service()
+        if uploads is None:
+            return
+        stats = await uploads.session_stats(session_id)
+        if session_id == self._detail_for:
+            self.show_stats(stats)
+
+    def show_stats(self, stats: dict[str, Any]) -> None:
+        """Per device: samples, sensors, first and last sample time, upload state."""
+        devices = stats.get("devices", {})
+        self.uploads_table.setRowCount(len(devices))
+        for row, (code, entry) in enumerate(sorted(devices.items())):
+            sensors = entry.get("sensors") or {}
+            upload = str(entry.get("upload", ""))
+            cells = [
+                code,
+                f"{entry.get('samples', 0):,}",
+                ", ".join(sorted(sensors)),
+                local_time(entry.get("first_sample_at")),
+                local_time(entry.get("last_sample_at")),
+                upload,
+            ]
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if column == 1:
+                    item.setTextAlignment(
+                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+                    )
+                if column == 2 and sensors:
+                    item.setToolTip(
+                        ", ".join(f"{name}: {count:,}" for name, count in sorted(sensors.items()))
+                    )
+                if column == 5:
+                    item.setForeground(UPLOAD_COLOURS.get(upload, QColor("#8a8a8a")))
+                    completed = entry.get("upload_completed_at")
+                    if completed:
+                        item.setToolTip(self.tr("reported at %s") % local_time(completed))
+                self.uploads_table.setItem(row, column, item)
 
     def show_detail(self, detail: SessionDetail) -> None:
         session = detail.session
@@ -503,6 +646,76 @@ class SessionsView(QWidget):
 
     def end_session(self) -> None:
         self._act(self.tr("stop collection"), lambda s, sid: s.end_session(sid, STAFF))
+
+    def finish_session(self) -> None:
+        service = self.app.service
+        session_id = self.selected_session_id()
+        if service is None or session_id is None:
+            self.message.emit(self.tr("Select a stopping session first."))
+            return
+        self.app.spawn(self._finish(session_id), self.tr("finish session %s") % session_id)
+
+    async def _finish(self, session_id: int) -> None:
+        service = self.app.service
+        uploads = self.upload_service()
+        assert service is not None and uploads is not None
+        session = await service.finish_session(session_id, STAFF)
+        stats = await uploads.session_stats(session_id)
+        pending = [
+            code for code, entry in stats["devices"].items() if entry["upload"] != "complete"
+        ]
+        text = self.tr("Session %s finished: %s") % (session_id, session.status)
+        if pending:
+            text += self.tr("; no upload reported by %s") % ", ".join(pending)
+        self.message.emit(text)
+
+    def export_session(self) -> None:
+        """Ask for a folder (a non-modal dialog: open(), never exec() beside the qasync loop)."""
+        session_id = self.selected_session_id()
+        if self.app.station is None or session_id is None:
+            self.message.emit(self.tr("Select a session first."))
+            return
+        dialog = QFileDialog(self, self.tr("Export session %s to a folder") % session_id)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.setFileMode(QFileDialog.FileMode.Directory)
+        dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptOpen)
+        dialog.setLabelText(QFileDialog.DialogLabel.Accept, self.tr("Export here"))
+        dialog.setDirectory(str(self._export_folder or Path.home()))
+        dialog.fileSelected.connect(lambda folder: self.export_to(session_id, Path(folder)))
+        dialog.destroyed.connect(lambda: setattr(self, "export_dialog", None))
+        self.export_dialog = dialog
+        dialog.open()
+
+    def export_to(self, session_id: int, folder: Path) -> None:
+        self._export_folder = folder
+        self.app.spawn(self._export(session_id, folder), self.tr("export session %s") % session_id)
+
+    async def _export(self, session_id: int, folder: Path) -> Path | None:
+        station = self.app.station
+        if station is None or station.store is None:
+            return None
+        try:
+            from station.export import export_session
+        except ImportError:
+            self.message.emit(self.tr("This station cannot export sessions yet."))
+            return None
+        self.message.emit(self.tr("Exporting session %s to %s…") % (session_id, folder))
+        try:
+            result = await export_session(station.store, session_id, folder)
+        except Exception as exc:  # any failure is reported to staff, in words, not lost
+            log.warning("could not export session %s to %s: %s", session_id, folder, exc)
+            self.message.emit(
+                self.tr("Could not export session %s: %s") % (session_id, plain_words(exc))
+            )
+            return None
+        written = Path(getattr(result, "folder", result))
+        text = self.tr("Session %s exported to %s") % (session_id, written)
+        files = getattr(result, "files", None)
+        if files is not None:
+            text += self.tr(" (%s samples in %d files)") % (f"{result.samples:,}", len(files))
+        self.message.emit(text)
+        return written
 
     def abort_session(self) -> None:
         session_id = self.selected_session_id()

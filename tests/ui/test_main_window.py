@@ -55,10 +55,11 @@ async def test_window_shows_where_devices_must_point_and_that_the_server_is_up(
     port = station_app.port
     assert window.header.urls == [f"http://127.0.0.1:{port}/wxapp/"]
     assert "up" in window.header.state.text()
-    assert [window.tabs.tabText(i).replace("&", "") for i in range(3)] == [
+    assert [window.tabs.tabText(i).replace("&", "") for i in range(window.tabs.count())] == [
         "Devices",
         "Sessions",
-        "Plots",
+        "Live data",
+        "Fleet health",
     ]
 
     window.header.copy()
@@ -124,6 +125,16 @@ async def test_session_actions_in_the_window_reach_the_devices(
 
     sessions.end_action.trigger()
     await eventually(lambda: not any(d.collecting for d in fleet), what="devices stopped")
+    await eventually(
+        lambda: (
+            sessions.selected_session().status in (SessionStatus.STOPPING, SessionStatus.COMPLETED)
+        ),
+        what="session stopping",
+    )
+    if sessions.selected_session().status == SessionStatus.STOPPING:
+        # Devices that do not report their upload: staff close the session themselves.
+        await eventually(sessions.finish_action.isEnabled, what="finish offered")
+        sessions.finish_action.trigger()
     await eventually(
         lambda: sessions.selected_session().status == SessionStatus.COMPLETED,
         what="session completed",
@@ -193,7 +204,7 @@ async def test_session_started_over_http_appears_without_refresh(
     assert table_text(model, 0, SessionTableModel.STATUS) == "calibrating"
 
 
-async def test_plots_receive_points(
+async def test_fleet_health_plots_receive_points(
     window: MainWindow, station_app: StationApp, fleet: SimFleet
 ) -> None:
     service = station_app.service

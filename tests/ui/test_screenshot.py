@@ -1,5 +1,6 @@
 """Renders the main window in demo mode to artifacts/screenshot.png (and, with
-STATION_UPDATE_SCREENSHOT=1, to docs/screenshot.png, which the README shows)."""
+STATION_UPDATE_SCREENSHOT=1, to docs/screenshot.png, which the README shows), and its Live data
+tab to artifacts/screenshot_live.png."""
 
 from __future__ import annotations
 
@@ -47,23 +48,30 @@ async def test_demo_window_renders_to_a_screenshot(qapp, qtbot, qsettings, tmp_p
             within=10,
             what="demo fleet online in its group",
         )
-        service = app.service
-        assert service is not None
-        session = await service.start_session(DEMO_GROUP, "staff")
-        await service.start_collection(session.session_id, "staff")
         await eventually(
             lambda: sum(model.device_at(r).reported_status == "collecting" for r in range(8)) == 8,
             within=10,
-            what="demo fleet collecting",
+            what="the demo session collecting",
         )
-        window.sessions.select(session.session_id)
+        sessions = window.sessions.model
+        await eventually(lambda: sessions.rowCount() == 1, what="the demo session listed")
+        window.sessions.select(sessions.session_at(0).session_id)
+
+        # The Live data tab, with the uploads the demo devices send while collecting.
+        window.tabs.setCurrentWidget(window.live)
+        await eventually(lambda: window.live.points_drawn, within=10, what="live curves")
+        await asyncio.sleep(1.5)  # a few batches more, so the curves are worth looking at
+        artifacts = ROOT / "artifacts"
+        artifacts.mkdir(exist_ok=True)
+        assert window.grab().save(str(artifacts / "screenshot_live.png"))
+
+        window.tabs.setCurrentWidget(window.devices)
         window.devices.model.repaint_last_seen()
         window.log_dock.drain()
         await asyncio.sleep(0.1)  # let the loop lay out; never processEvents() in a coroutine
 
         image = window.grab()
-        out = ROOT / "artifacts" / "screenshot.png"
-        out.parent.mkdir(exist_ok=True)
+        out = artifacts / "screenshot.png"
         assert image.save(str(out))
         assert out.stat().st_size > 10_000
         if os.environ.get("STATION_UPDATE_SCREENSHOT") == "1":
