@@ -5,7 +5,7 @@ venv="$root/.venv"
 pick_python() {
     for candidate in python3.12 python3.13 python3.11 python3; do
         if command -v "$candidate" >/dev/null 2>&1 &&
-            "$candidate" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 14)))'; then
+            "$candidate" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 14)))' 2>/dev/null; then
             echo "$candidate"
             return
         fi

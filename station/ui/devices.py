@@ -8,10 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
-    QModelIndex,
     QObject,
-    QPersistentModelIndex,
     QSortFilterProxyModel,
     Qt,
     QTimer,
@@ -34,8 +31,7 @@ from PySide6.QtWidgets import (
 
 from station.backend.models import Device, Liveness, parse_iso
 from station.ui.application import StationApp
-
-Index = QModelIndex | QPersistentModelIndex
+from station.ui.table_model import RecordTableModel
 
 LIVENESS_COLOURS = {
     Liveness.ONLINE: QColor("#2e9d44"),
@@ -55,15 +51,11 @@ def ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-class DeviceTableModel(QAbstractTableModel):
+class DeviceTableModel(RecordTableModel[Device]):
     CODE, NAME, GROUPS, ADDRESS, LIVENESS, STATUS, SESSION, LAST_SEEN, ERROR = range(9)
 
     def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._devices: list[Device] = []
-        self._rows: dict[str, int] = {}
-        self._seen_at: dict[str, float] = {}
-        self._headers = [
+        headers = [
             self.tr("Device"),
             self.tr("Name"),
             self.tr("Groups"),
@@ -74,95 +66,56 @@ class DeviceTableModel(QAbstractTableModel):
             self.tr("Last seen"),
             self.tr("Last error"),
         ]
+        super().__init__(headers, lambda d: d.device_code, parent)
+        self._seen_at: dict[str, float] = {}
 
     # ---- feeding -------------------------------------------------------------------------------
 
     def reset(self, devices: list[Device]) -> None:
-        self.beginResetModel()
-        self._devices = list(devices)
-        self._rows = {d.device_code: i for i, d in enumerate(self._devices)}
         self._seen_at = {}
         for device in devices:
             moment = parse_iso(device.last_seen)
             if moment is not None:
                 self._seen_at[device.device_code] = moment.timestamp()
-        self.endResetModel()
+        self.reset_records(devices)
 
     def upsert(self, device: Device) -> None:
-        row = self._rows.get(device.device_code)
         moment = parse_iso(device.last_seen)
         if moment is not None:
             seen = moment.timestamp()
             self._seen_at[device.device_code] = max(seen, self._seen_at.get(device.device_code, 0))
-        if row is None:
-            row = len(self._devices)
-            self.beginInsertRows(QModelIndex(), row, row)
-            self._devices.append(device)
-            self._rows[device.device_code] = row
-            self.endInsertRows()
-            return
-        self._devices[row] = device
-        self.dataChanged.emit(self.index(row, 0), self.index(row, self.columnCount() - 1))
+        self.upsert_record(device)
 
     def remove(self, device_code: str) -> None:
-        row = self._rows.get(device_code)
-        if row is None:
-            return
-        self.beginRemoveRows(QModelIndex(), row, row)
-        del self._devices[row]
-        self._rows = {d.device_code: i for i, d in enumerate(self._devices)}
-        self._seen_at.pop(device_code, None)
-        self.endRemoveRows()
+        if self.remove_record(device_code):
+            self._seen_at.pop(device_code, None)
 
     def seen(self, device_code: str, at: float) -> None:
         """A sign of life; shown by the next repaint of the last-seen column."""
         self._seen_at[device_code] = at
 
     def repaint_last_seen(self) -> None:
-        if self._devices:
-            column = self.LAST_SEEN
-            self.dataChanged.emit(self.index(0, column), self.index(len(self._devices) - 1, column))
+        self.column_changed(self.LAST_SEEN)
 
     # ---- reading -------------------------------------------------------------------------------
 
     def device_at(self, row: int) -> Device:
-        return self._devices[row]
+        return self.record_at(row)
 
     def codes(self) -> list[str]:
-        return [d.device_code for d in self._devices]
+        return [d.device_code for d in self._records]
 
-    def row_of(self, device_code: str) -> int | None:
-        return self._rows.get(device_code)
+    def sort_key(self, device: Device, column: int) -> Any:
+        if column == self.LAST_SEEN:
+            return -self._seen_at.get(device.device_code, 0.0)
+        if column == self.SESSION:
+            return device.reported_session_id or 0
+        return self.display(device, column) or ""
 
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._devices)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._headers)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = 0) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self._headers[section]
-        return None
-
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        device = self._devices[index.row()]
-        column = index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self._display(device, column)
-        if role == Qt.ItemDataRole.UserRole:  # sort key
-            if column == self.LAST_SEEN:
-                return -self._seen_at.get(device.device_code, 0.0)
-            if column == self.SESSION:
-                return device.reported_session_id or 0
-            return self._display(device, column) or ""
+    def decoration(self, device: Device, column: int, role: int) -> Any:
         if column == self.LIVENESS:
             colour = LIVENESS_COLOURS.get(device.liveness, LIVENESS_COLOURS[Liveness.UNKNOWN])
-            if role == Qt.ItemDataRole.DecorationRole:
-                return colour
-            if role == Qt.ItemDataRole.ForegroundRole:
+            if role in (Qt.ItemDataRole.DecorationRole, Qt.ItemDataRole.ForegroundRole):
                 return colour
         if column == self.ERROR and role == Qt.ItemDataRole.ToolTipRole:
             return device.last_error
@@ -170,7 +123,7 @@ class DeviceTableModel(QAbstractTableModel):
             return self.tr("%s registered at this address since") % device.moved_to
         return None
 
-    def _display(self, device: Device, column: int) -> str | None:
+    def display(self, device: Device, column: int) -> str | None:
         if column == self.CODE:
             return device.device_code
         if column == self.NAME:

@@ -13,11 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QItemSelection,
-    QModelIndex,
     QObject,
-    QPersistentModelIndex,
     QSortFilterProxyModel,
     Qt,
     QTimer,
@@ -58,10 +55,10 @@ from station.backend.service import SessionDetail, StationService
 from station.backend.uploads import UploadService
 from station.ui.application import StationApp
 from station.ui.devices import ago
+from station.ui.table_model import RecordTableModel
 
 log = logging.getLogger(__name__)
 
-Index = QModelIndex | QPersistentModelIndex
 STAFF = "staff"
 STATS_EVERY_MS = 1000  # while samples arrive, the upload figures are re-read at most this often
 UPLOAD_COLOURS = {"complete": QColor("#2e9d44"), "pending": QColor("#d89a16")}
@@ -99,15 +96,11 @@ def _epoch(stamp: str | None) -> float | None:
     return moment.timestamp() if moment else None
 
 
-class SessionTableModel(QAbstractTableModel):
+class SessionTableModel(RecordTableModel[Session]):
     ID, GROUP, STARTED_BY, STATUS, STARTED, DURATION, READY = range(7)
 
     def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._sessions: list[Session] = []
-        self._rows: dict[int, int] = {}
-        self._commands: dict[int, dict[tuple[str, CommandKind], Command]] = {}
-        self._headers = [
+        headers = [
             self.tr("Session"),
             self.tr("Group"),
             self.tr("Started by"),
@@ -116,53 +109,35 @@ class SessionTableModel(QAbstractTableModel):
             self.tr("Duration"),
             self.tr("Devices ready"),
         ]
+        super().__init__(headers, lambda s: s.session_id, parent)
+        self._commands: dict[int, dict[tuple[str, CommandKind], Command]] = {}
 
     def reset(self, sessions: list[Session]) -> None:
-        self.beginResetModel()
-        self._sessions = list(sessions)
-        self._rows = {s.session_id: i for i, s in enumerate(self._sessions)}
-        self.endResetModel()
+        self.reset_records(sessions)
 
     def upsert(self, session: Session) -> None:
-        row = self._rows.get(session.session_id)
-        if row is None:
-            row = len(self._sessions)
-            self.beginInsertRows(QModelIndex(), row, row)
-            self._sessions.append(session)
-            self._rows[session.session_id] = row
-            self.endInsertRows()
-            return
-        self._sessions[row] = session
-        self._row_changed(row)
+        self.upsert_record(session)
 
     def command(self, command: Command) -> None:
         if command.session_id is None:
             return
         ledger = self._commands.setdefault(command.session_id, {})
         ledger[(command.device_code, command.kind)] = command
-        row = self._rows.get(command.session_id)
+        row = self.row_of(command.session_id)
         if row is not None:
-            self._row_changed(row)
+            self.row_changed(row)
 
     def commands(self, session_id: int, commands: tuple[Command, ...]) -> None:
         self._commands[session_id] = {(c.device_code, c.kind): c for c in commands}
-        row = self._rows.get(session_id)
+        row = self.row_of(session_id)
         if row is not None:
-            self._row_changed(row)
+            self.row_changed(row)
 
     def repaint_durations(self) -> None:
-        if self._sessions:
-            last = len(self._sessions) - 1
-            self.dataChanged.emit(self.index(0, self.DURATION), self.index(last, self.DURATION))
-
-    def _row_changed(self, row: int) -> None:
-        self.dataChanged.emit(self.index(row, 0), self.index(row, self.columnCount() - 1))
+        self.column_changed(self.DURATION)
 
     def session_at(self, row: int) -> Session:
-        return self._sessions[row]
-
-    def row_of(self, session_id: int) -> int | None:
-        return self._rows.get(session_id)
+        return self.record_at(row)
 
     def ready(self, session: Session) -> int:
         ledger = self._commands.get(session.session_id, {})
@@ -172,30 +147,14 @@ class SessionTableModel(QAbstractTableModel):
             if (c := ledger.get((code, CommandKind.START))) and c.state == CommandState.ACKED
         )
 
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._sessions)
+    def sort_key(self, session: Session, column: int) -> Any:
+        if column == self.ID:
+            return session.session_id
+        if column == self.DURATION:
+            return self._duration(session)
+        return self.display(session, column)
 
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._headers)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = 0) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self._headers[section]
-        return None
-
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        session = self._sessions[index.row()]
-        column = index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self._display(session, column)
-        if role == Qt.ItemDataRole.UserRole:
-            if column == self.ID:
-                return session.session_id
-            if column == self.DURATION:
-                return self._duration(session)
-            return self._display(session, column)
+    def decoration(self, session: Session, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.FontRole and session.status.active:
             font = QFont()
             font.setBold(True)
@@ -207,7 +166,7 @@ class SessionTableModel(QAbstractTableModel):
         end = _epoch(session.ended_at) or time.time()
         return end - start
 
-    def _display(self, session: Session, column: int) -> str:
+    def display(self, session: Session, column: int) -> str:
         if column == self.ID:
             return str(session.session_id)
         if column == self.GROUP:
