@@ -10,20 +10,12 @@ from typing import TYPE_CHECKING
 
 import click
 
+from station.logs import setup_logging
+
 if TYPE_CHECKING:
     from station.devices.simulator import SimFleet
 
 log = logging.getLogger(__name__)
-
-
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    if not verbose:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 @click.group(invoke_without_command=True)
@@ -282,8 +274,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, verbose: bo
     from station.backend.runtime import Station, lan_addresses
     from station.config import Settings, default_data_dir
 
-    setup_logging(verbose)
     data_dir = data_dir or default_data_dir()
+    setup_logging(verbose, data_dir)
     settings = Settings.load(data_dir)
     if host is not None:
         settings.host = host

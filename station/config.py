@@ -55,10 +55,31 @@ class Settings(BaseModel):
         if not path.exists():
             return cls()
         try:
-            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, ValidationError) as exc:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable settings in %s: %s", path, exc)
             return cls()
+        if not isinstance(values, dict):
+            log.warning("ignoring %s: it does not hold an object of settings", path)
+            return cls()
+        while True:
+            try:
+                return cls.model_validate(values)
+            except ValidationError as exc:
+                # Keep every good setting: one bad value must not silently reset, say, the
+                # bind address to every interface.
+                bad = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+                for name in sorted(bad):
+                    log.warning(
+                        "ignoring setting %s=%r in %s: %s",
+                        name,
+                        values.get(name),
+                        path,
+                        _first_message(exc, name),
+                    )
+                values = {k: v for k, v in values.items() if k not in bad}
+                if not bad:
+                    return cls()
 
     def save(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -78,3 +99,10 @@ class Settings(BaseModel):
             if entry not in NETWORK_CLASSES and address in ipaddress.ip_network(entry, False):
                 return True
         return False
+
+
+def _first_message(exc: ValidationError, name: str) -> str:
+    for error in exc.errors():
+        if error["loc"] and str(error["loc"][0]) == name:
+            return str(error["msg"])
+    return "invalid"

@@ -5,11 +5,12 @@ started and stopped together on whatever asyncio loop is current (plain asyncio 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
-import socket
 from collections.abc import Awaitable
 from pathlib import Path
 
+import ifaddr
 from aiohttp import web
 
 from station.backend.api import build_app
@@ -115,13 +116,15 @@ def _fmt(host: str) -> str:
 
 
 def lan_addresses() -> list[str]:
-    """This machine's IPv4 addresses that devices on the LAN can reach, best guess first."""
-    found: list[str] = []
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            address = str(info[4][0])
-            if not address.startswith("127.") and address not in found:
+    """This machine's IPv4 addresses that devices on the LAN can reach: every interface's
+    address except loopback and link-local, private ranges first."""
+    found: list[ipaddress.IPv4Address] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if not isinstance(ip.ip, str):
+                continue  # IPv6: the firmware and the mini-program are given IPv4 addresses
+            address = ipaddress.IPv4Address(ip.ip)
+            if not (address.is_loopback or address.is_link_local) and address not in found:
                 found.append(address)
-    except OSError:
-        pass
-    return found
+    found.sort(key=lambda a: (not a.is_private, a))
+    return [str(a) for a in found]

@@ -5,7 +5,6 @@ into the view, so a burst of logging never stalls the event loop."""
 from __future__ import annotations
 
 import logging
-import logging.handlers
 from collections import deque
 from pathlib import Path
 
@@ -21,8 +20,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from station.logs import FORMAT, setup_logging
+
 BUFFER_RECORDS = 5000
-FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 
 
@@ -56,25 +56,11 @@ def quiet_wire_loggers(level: int = logging.WARNING) -> None:
 
 def install_logging(data_dir: Path | None, verbose: bool) -> BufferHandler:
     """Root logging to stderr, the window's buffer and (with a data dir) a rotating file."""
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    setup_logging(verbose, data_dir)
     if not verbose:
         quiet_wire_loggers()
-    formatter = logging.Formatter(FORMAT)
-    if not any(type(h) is logging.StreamHandler for h in root.handlers):
-        stream = logging.StreamHandler()
-        stream.setFormatter(formatter)
-        root.addHandler(stream)
-    if data_dir is not None:
-        logs = data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        rotating = logging.handlers.RotatingFileHandler(
-            logs / "station.log", maxBytes=2_000_000, backupCount=5, encoding="utf-8"
-        )
-        rotating.setFormatter(formatter)
-        root.addHandler(rotating)
     buffer = BufferHandler()
-    root.addHandler(buffer)
+    logging.getLogger().addHandler(buffer)
     return buffer
 
 
