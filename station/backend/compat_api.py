@@ -135,12 +135,10 @@ class CompatApi:
                 text, parse_iso(session.started_at) if session else None
             )
         except SampleError as exc:
-            raise InvalidInput(
-                f"Invalid JSON format for batch_data: {exc}"
-                if not str(exc).startswith("batch_data must be a JSON array")
-                else "batch_data must be a JSON array",
-                data_preview=text[:200],
-            ) from None
+            reason = str(exc)
+            if not reason.startswith(("batch_data must be a JSON array", "batch_data holds")):
+                reason = f"Invalid JSON format for batch_data: {reason}"
+            raise InvalidInput(reason, data_preview=text[:200]) from None
         results: list[dict[str, Any]] = []
         if accepted:
             stored = await self.uploads.store_samples(

@@ -8,11 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict
 
 from station.backend.errors import InvalidInput
 
 MAX_SESSION_ID = 2**63 - 1
+MAX_DIGITS = len(str(MAX_SESSION_ID))
 
 
 class Params:
@@ -51,7 +53,12 @@ class Params:
             number = value
         elif isinstance(value, float) and value.is_integer():
             number = int(value)
-        elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        elif (
+            isinstance(value, str)
+            and value.strip().isascii()
+            and value.strip().isdigit()
+            and len(value.strip()) <= MAX_DIGITS  # int() refuses over 4,300 digits
+        ):
             number = int(value.strip())  # isdigit alone lets "²" through, which int() refuses
         if number is None or not 0 < number <= MAX_SESSION_ID:
             raise InvalidInput(
@@ -87,15 +94,18 @@ async def read_params(request: web.Request) -> Params:
             raise InvalidInput("the form is not valid UTF-8") from None
         except LookupError as exc:  # a charset parameter naming no known codec
             raise InvalidInput(f"the form's charset is unknown: {exc}") from None
-        except ValueError as exc:
-            raise InvalidInput(f"the form could not be read: {exc}") from None
+        except (ValueError, HttpProcessingError) as exc:  # broken multipart or compression
+            raise InvalidInput(f"the form could not be read: {_reason(exc)}") from None
         for name, value in _single(form).items():
             if isinstance(value, web.FileField):
                 raise InvalidInput(f"{name} must be a form field, not a file upload", field=name)
             values[name] = value
         return Params(values)
 
-    body = await request.read()
+    try:
+        body = await request.read()
+    except HttpProcessingError as exc:  # e.g. a Content-Encoding the body does not match
+        raise InvalidInput(f"the request body could not be read: {_reason(exc)}") from None
     if not body.strip():
         return Params(values)
     try:
@@ -111,12 +121,23 @@ async def read_params(request: web.Request) -> Params:
             raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise InvalidInput("the JSON body must be an object of named fields")
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON may spell a lone surrogate (\ud800), which no database text can hold.
+            raise InvalidInput("the JSON body holds text that is not valid Unicode") from None
         values.update(data)
         return Params(values)
     raise InvalidInput(
         f"unsupported content type {content_type}: send a form or a JSON object",
         content_type=content_type,
     )
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, HttpProcessingError):
+        return exc.message or type(exc).__name__
+    return str(exc)
 
 
 def _single(multi: MultiDict[Any] | Mapping[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from station.devices.client import DeviceClient
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT = 1.0  # seconds an open client may hold the server at shutdown
+SHUTDOWN_TIMEOUT = 0.75  # seconds an open client may hold the server at shutdown
 
 
 class Station:

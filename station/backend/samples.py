@@ -24,6 +24,8 @@ from math import isfinite
 from typing import Any
 
 BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+# Firmware sends up to 100 per upload; far more would hold the event loop while they are checked.
+MAX_BATCH_ITEMS = 2000
 SENSOR_TYPES = ("waist", "shoulder", "wrist", "racket")
 SENSOR_BY_ID = {1: "waist", 2: "shoulder", 3: "wrist", 4: "racket"}  # as the firmware numbers them
 AXES = ("acc", "gyro", "angle")
@@ -115,10 +117,11 @@ def parse_sample(item: Any, session_start: dt.datetime | None, fallback_time: An
     raw_time = item.get("timestamp", fallback_time)
     seq = item.get("seq", item.get("sequence"))
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
-        if isinstance(seq, str) and seq.isascii() and seq.isdigit():
-            seq = int(seq)
-        else:
+        if not (isinstance(seq, str) and seq.isascii() and seq.isdigit()):
             raise SampleError("seq must be an integer")
+        if len(seq) > 19:  # and int() refuses strings of over 4,300 digits
+            raise SampleError("seq is out of range for a 64-bit integer")
+        seq = int(seq)
     if seq is not None and seq not in SQLITE_INTEGER:
         raise SampleError("seq is out of range for a 64-bit integer")
     device_time = None if raw_time is None else _raw_text(raw_time)
@@ -204,6 +207,10 @@ def parse_batch(
         raise SampleError(f"batch_data is not valid JSON: {exc}") from None
     if not isinstance(items, list):
         raise SampleError(f"batch_data must be a JSON array, not {type(items).__name__}")
+    if len(items) > MAX_BATCH_ITEMS:
+        raise SampleError(
+            f"batch_data holds {len(items)} items; send at most {MAX_BATCH_ITEMS} per upload"
+        )
     accepted: list[tuple[int, Sample]] = []
     refused: list[Refusal] = []
     for index, item in enumerate(items):

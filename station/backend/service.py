@@ -48,6 +48,8 @@ from station.devices.client import DeviceAddress, DeviceClient, DeviceReply
 
 log = logging.getLogger(__name__)
 
+SETTLE_AT_CLOSE = 0.5  # seconds commands in flight get to finish when the station stops
+
 STAFF = "staff"
 STATION = "station"
 
@@ -104,6 +106,9 @@ class StationService:
         self._seen_dirty: set[str] = set()
         self._inflight: dict[tuple[int, str, CommandKind], asyncio.Task[Command]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # Registry changes read a device, await their write, then update the cache: one at a
+        # time, or two of them racing would each save a stale copy of the other's device.
+        self._registry = asyncio.Lock()
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -141,7 +146,7 @@ class StationService:
         """Wait briefly for commands in flight, then persist what liveness learnt."""
         pending = [t for t in [*self._inflight.values(), *self._background] if not t.done()]
         if pending:
-            _done, still = await asyncio.wait(pending, timeout=1.0)
+            _done, still = await asyncio.wait(pending, timeout=SETTLE_AT_CLOSE)
             for task in still:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
@@ -172,6 +177,10 @@ class StationService:
         """Record where a device listens. Another device on the same address is marked moved."""
         device_code = _require_code(device_code, "device_code")
         host, port = parse_device_address(ip_address, self.settings)
+        async with self._registry:
+            return await self._register(device_code, host, port, actor)
+
+    async def _register(self, device_code: str, host: str, port: int, actor: str) -> Registration:
         now = _now()
         previous = self._devices.get(device_code)
         holder = next(
@@ -237,12 +246,12 @@ class StationService:
         logged = await self.store.write(write)
         log.info(message)
         if moved is not None:
-            self._devices[moved.device_code] = moved
+            moved = self._merge(moved, moved_to=device_code, updated_at=now)
             self.events.publish(DeviceChanged(moved))
             log.warning(
                 "device %s marked moved: %s took its address", moved.device_code, device_code
             )
-        self._devices[device_code] = device
+        device = self._merge(device, host=host, port=port, updated_at=now, moved_to=None)
         self.events.publish(DeviceChanged(device))
         for event in logged:
             self._publish_event(event)
@@ -252,13 +261,21 @@ class StationService:
         )
 
     async def rename_device(self, device_code: str, name: str, actor: str = STAFF) -> Device:
-        device = replace(self.device(device_code), name=name.strip(), updated_at=_now())
-        await self._save_device_with_event(
-            device, actor, "device.rename", f"device {device_code} renamed to '{device.name}'"
-        )
-        return device
+        async with self._registry:
+            device = replace(self.device(device_code), name=name.strip(), updated_at=_now())
+            return await self._save_device_with_event(
+                device,
+                actor,
+                "device.rename",
+                f"device {device_code} renamed to '{device.name}'",
+                changed=("name", "updated_at"),
+            )
 
     async def forget_device(self, device_code: str, actor: str = STAFF) -> None:
+        async with self._registry:
+            await self._forget(device_code, actor)
+
+    async def _forget(self, device_code: str, actor: str) -> None:
         self.device(device_code)
         now = _now()
 
@@ -286,7 +303,13 @@ class StationService:
         self, group_code: str, device_code: str, member: bool, actor: str = STAFF
     ) -> Device:
         group_code = _require_code(group_code, "group_code")
-        device = self.device(device_code)
+        async with self._registry:
+            return await self._set_membership(group_code, device_code, member, actor)
+
+    async def _set_membership(
+        self, group_code: str, device_code: str, member: bool, actor: str
+    ) -> Device:
+        self.device(device_code)
         now = _now()
         verb = "added to" if member else "removed from"
 
@@ -306,8 +329,7 @@ class StationService:
             return records.device_groups(db, device_code), event
 
         groups, event = await self.store.write(write)
-        device = replace(device, groups=groups)
-        self._devices[device_code] = device
+        device = self._merge(self.device(device_code), groups=groups)
         self.events.publish(DeviceChanged(device))
         self._publish_event(event)
         return device
@@ -316,20 +338,30 @@ class StationService:
         return await self.store.read(records.all_groups)
 
     async def _save_device_with_event(
-        self, device: Device, actor: str, action: str, message: str, result: str = "ok"
-    ) -> None:
+        self, device: Device, actor: str, action: str, message: str, *, changed: tuple[str, ...]
+    ) -> Device:
+        """Save a device the caller changed (the fields named in changed) with an event."""
         now = _now()
 
         def write(db: Database) -> Event:
             records.save_device(db, device)
             return records.append_event(
-                db, now, actor, action, result, message, None, device.device_code
+                db, now, actor, action, "ok", message, None, device.device_code
             )
 
         event = await self.store.write(write)
-        self._devices[device.device_code] = device
+        device = self._merge(device, **{name: getattr(device, name) for name in changed})
         self.events.publish(DeviceChanged(device))
         self._publish_event(event)
+        return device
+
+    def _merge(self, device: Device, **fields: Any) -> Device:
+        """Apply fields to the cached device as it is now: signs of life that arrived while a
+        write was pending are kept. A device not cached (new) is taken as given."""
+        current = self._devices.get(device.device_code)
+        merged = replace(current, **fields) if current is not None else replace(device, **fields)
+        self._devices[device.device_code] = merged
+        return merged
 
     # ---- liveness ----------------------------------------------------------------------------
 
@@ -455,18 +487,25 @@ class StationService:
         registered is added, without an address."""
         device_code = _require_code(device_code, "device_code")
         if device_code not in self._devices:
-            now = _now()
-            device = Device(
-                device_code=device_code, host=None, port=80, registered_at=now, updated_at=now
-            )
-            await self._save_device_with_event(
-                device,
-                f"device:{device_code}",
-                "device.discover",
-                f"device {device_code} first heard from by {via}"
-                + (f" from {peer}" if peer else "")
-                + "; it has no registered address yet",
-            )
+            async with self._registry:
+                if device_code not in self._devices:  # a registration may have won the race
+                    now = _now()
+                    device = Device(
+                        device_code=device_code,
+                        host=None,
+                        port=80,
+                        registered_at=now,
+                        updated_at=now,
+                    )
+                    await self._save_device_with_event(
+                        device,
+                        f"device:{device_code}",
+                        "device.discover",
+                        f"device {device_code} first heard from by {via}"
+                        + (f" from {peer}" if peer else "")
+                        + "; it has no registered address yet",
+                        changed=(),
+                    )
         self.record_sign_of_life(
             device_code, via, status=status, session_id=session_id, report=True
         )
@@ -956,6 +995,12 @@ class StationService:
         return await self._record_reply(command, device, reply)
 
     async def _send(self, command: Command, address: DeviceAddress) -> DeviceReply:
+        if command.kind == CommandKind.STOP and command.session_id is not None:
+            # A start still retrying must not land after this stop: the device would go on
+            # recording with its session over.
+            start = self._inflight.get((command.session_id, command.device_code, CommandKind.START))
+            if start is not None:
+                await asyncio.wait([start])
         if command.kind == CommandKind.START:
             assert command.session_id is not None
             return await self.client.start_collection(
