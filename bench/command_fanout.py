@@ -76,6 +76,15 @@ def run_fleet(hosts: list[str], silent: set[str], arrivals, ready) -> None:
     asyncio.run(main())
 
 
+def launch_station(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "station", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return subprocess.Popen(
+        [*command, "--data-dir", str(data_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 async def bench(args: argparse.Namespace) -> None:
     total = args.devices
     hosts = [device_host(i) for i in range(total)]
@@ -92,12 +101,7 @@ async def bench(args: argparse.Namespace) -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="station-bench-"))
     port = 18765
-    station = subprocess.Popen(
-        [sys.executable, "-m", "station", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(data_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    station = launch_station(port, data_dir)
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=30, trust_env=False) as http:
@@ -109,18 +113,22 @@ async def bench(args: argparse.Namespace) -> None:
                     await asyncio.sleep(0.1)
             for index, host in enumerate(hosts):
                 code = f"B{index:03d}"
-                await http.post("/wxapp/register_device_ip/",
-                                data={"device_code": code, "ip_address": f"{host}:{DEVICE_PORT}"})
+                await http.post(
+                    "/wxapp/register_device_ip/",
+                    data={"device_code": code, "ip_address": f"{host}:{DEVICE_PORT}"},
+                )
                 await http.post("/api/v1/groups/bench/devices", data={"device_code": code})
             await asyncio.sleep(2)  # let the liveness monitor settle into its rhythm
 
             for round_no in range(1, args.rounds + 1):
-                session = (await http.post("/wxapp/start_session/",
-                                           data={"openid": "bench", "device_group_code": "bench"}))
+                session = await http.post(
+                    "/wxapp/start_session/", data={"openid": "bench", "device_group_code": "bench"}
+                )
                 session_id = session.json()["session_id"]
                 t0 = time.time()
-                answer = await http.post("/wxapp/start_data_collection/",
-                                         data={"session_id": session_id})
+                answer = await http.post(
+                    "/wxapp/start_data_collection/", data={"session_id": session_id}
+                )
                 request_ms = (time.time() - t0) * 1000
                 body = answer.json()
                 reached = {}

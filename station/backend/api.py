@@ -47,7 +47,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except StationError as exc:
         if exc.status >= 500:
             log.info("%s %s answered %d: %s", request.method, request.path, exc.status, exc.message)
-        return reply(exc.to_json(), exc.status)
+        response = reply(exc.to_json(), exc.status)
+        if request.content.exception() is not None:
+            # aiohttp drops a connection whose body it could not decode once the reply is out;
+            # saying so keeps a keep-alive client from sending its next request down it.
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         return _http_error(request, exc)
     except asyncio.CancelledError:

@@ -94,7 +94,8 @@ async def read_params(request: web.Request) -> Params:
             raise InvalidInput("the form is not valid UTF-8") from None
         except LookupError as exc:  # a charset parameter naming no known codec
             raise InvalidInput(f"the form's charset is unknown: {exc}") from None
-        except (ValueError, HttpProcessingError) as exc:  # broken multipart or compression
+        except (ValueError, HttpProcessingError, web.RequestPayloadError) as exc:
+            # A broken multipart body, or one that does not decode as its Content-Encoding says
             raise InvalidInput(f"the form could not be read: {_reason(exc)}") from None
         for name, value in _single(form).items():
             if isinstance(value, web.FileField):
@@ -104,7 +105,8 @@ async def read_params(request: web.Request) -> Params:
 
     try:
         body = await request.read()
-    except HttpProcessingError as exc:  # e.g. a Content-Encoding the body does not match
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        # e.g. a Content-Encoding the body does not match: aiohttp wraps the decoder's error
         raise InvalidInput(f"the request body could not be read: {_reason(exc)}") from None
     if not body.strip():
         return Params(values)
@@ -135,8 +137,9 @@ async def read_params(request: web.Request) -> Params:
 
 
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, HttpProcessingError):
-        return exc.message or type(exc).__name__
+    cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) else exc
+    if isinstance(cause, HttpProcessingError):
+        return cause.message or type(cause).__name__
     return str(exc)
 
 
