@@ -16,7 +16,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from station.backend import records
-from station.backend.errors import NotFound, StationError
+from station.backend.errors import NotFound, StationError, WrongState
 from station.backend.events import CommandChanged, SamplesStored, SessionChanged
 from station.backend.models import (
     CommandKind,
@@ -34,6 +34,7 @@ from station.backend.service import StationService
 
 log = logging.getLogger(__name__)
 
+START_CONFIRMABLE = (SessionStatus.CALIBRATING, SessionStatus.COLLECTING)
 UPLOAD_OPEN = (SessionStatus.CALIBRATING, SessionStatus.COLLECTING, SessionStatus.STOPPING)
 # Seconds between logged refusals per device: a device with a hard-coded session id retries all
 # day, and the flash sketch makes up a new one (its millis()) for every batch.
@@ -372,8 +373,17 @@ class UploadService:
         now = _now()
 
         def write(db: Database):
-            if records.get_session(db, session_id) is None:
+            session = records.get_session(db, session_id)
+            if session is None:
                 raise NotFound("Session not found", session_id=session_id)
+            if kind == CommandKind.START and session.status not in START_CONFIRMABLE:
+                # A late stop confirmation still tells us the device stopped; a start
+                # confirmation must not pull a device into a session that is over.
+                raise WrongState(
+                    f"Session {session_id} is {session.status}: a start cannot be confirmed",
+                    session_id=session_id,
+                    current_status=str(session.status),
+                )
             records.add_session_devices(db, session_id, [device_code], now)
             return _ack(db, session_id, device_code, kind, "confirmed by the device", now)
 

@@ -314,6 +314,24 @@ async def test_stop_confirmation_of_a_device_that_already_uploaded_completes_the
     assert_no_command(await poll(api))
 
 
+async def test_start_confirmation_for_a_session_that_is_over_is_refused(api: Api) -> None:
+    session_id = await a_polling_session(api)
+    await api.ok("POST", f"/api/v1/sessions/{session_id}/abort")
+
+    code, body = await api.post(
+        STATUS,
+        data={
+            "device_code": "LATE",
+            "status": "START_COLLECTION_CONFIRMED",
+            "session_id": str(session_id),
+        },
+    )
+
+    assert code == 409, body
+    assert body["current_status"] == "stopped"
+    assert "LATE" not in (await api.session(session_id))["session"]["device_codes"]
+
+
 # ---- esp32/mark_upload_complete/ ---------------------------------------------------------------
 
 
