@@ -67,10 +67,7 @@ class Station:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
         await site.start()
-        self.addresses = []
-        for sock in site._server.sockets if site._server else ():  # noqa: SLF001
-            host, port = sock.getsockname()[:2]
-            self.addresses.append((host, port))
+        self.addresses = [(str(a[0]), int(a[1])) for a in self._runner.addresses]
         log.info(
             "station listening on %s",
             ", ".join(f"http://{_fmt(h)}:{p}/wxapp/" for h, p in self.addresses),

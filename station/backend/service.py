@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -158,7 +159,8 @@ class StationService:
         task.add_done_callback(self._background.discard)
         return task
 
-    def _publish_event(self, event: Event | None) -> None:
+    def publish_event(self, event: Event | None) -> None:
+        """Announce an event-log entry that has been committed."""
         if event is not None:
             self.events.publish(EventLogged(event))
 
@@ -254,7 +256,7 @@ class StationService:
         device = self._merge(device, host=host, port=port, updated_at=now, moved_to=None)
         self.events.publish(DeviceChanged(device))
         for event in logged:
-            self._publish_event(event)
+            self.publish_event(event)
         self.record_sign_of_life(device_code, "register")
         return Registration(
             self._devices[device_code], previous_address, moved.device_code if moved else None
@@ -297,7 +299,7 @@ class StationService:
         self._seen_at.pop(device_code, None)
         self._seen_dirty.discard(device_code)
         self.events.publish(DeviceForgotten(device_code))
-        self._publish_event(event)
+        self.publish_event(event)
 
     async def set_group_membership(
         self, group_code: str, device_code: str, member: bool, actor: str = STAFF
@@ -331,7 +333,7 @@ class StationService:
         groups, event = await self.store.write(write)
         device = self._merge(self.device(device_code), groups=groups)
         self.events.publish(DeviceChanged(device))
-        self._publish_event(event)
+        self.publish_event(event)
         return device
 
     async def groups(self) -> list[dict[str, Any]]:
@@ -352,7 +354,7 @@ class StationService:
         event = await self.store.write(write)
         device = self._merge(device, **{name: getattr(device, name) for name in changed})
         self.events.publish(DeviceChanged(device))
-        self._publish_event(event)
+        self.publish_event(event)
         return device
 
     def _merge(self, device: Device, **fields: Any) -> Device:
@@ -457,12 +459,16 @@ class StationService:
                 {"before": str(before), "last_seen": device.last_seen},
             )
 
-        self._spawn(self._write_and_publish(write))
+        self.log_in_background(write)
         self._seen_dirty.discard(code)
+
+    def log_in_background(self, write: Callable[[Database], Event]) -> None:
+        """Commit an event-log entry without making the caller wait, then announce it."""
+        self._spawn(self._write_and_publish(write))
 
     async def _write_and_publish(self, fn: Any) -> None:
         try:
-            self._publish_event(await self.store.write(fn))
+            self.publish_event(await self.store.write(fn))
         except Exception as exc:
             log.error("could not record a change: %s", exc)
 
@@ -599,7 +605,7 @@ class StationService:
             len(session.device_codes),
         )
         self.events.publish(SessionChanged(session))
-        self._publish_event(event)
+        self.publish_event(event)
         return session
 
     async def session(self, session_id: int) -> Session:
@@ -704,7 +710,7 @@ class StationService:
         session, event, commands = await self.store.write(write)
         log.info("session %s collecting (by %s)", session_id, actor)
         self.events.publish(SessionChanged(session))
-        self._publish_event(event)
+        self.publish_event(event)
         settled = await self._dispatch(session_id, commands)
         return SessionOutcome(session, tuple(settled))
 
@@ -725,7 +731,7 @@ class StationService:
         session, event, commands = await self.store.write(write)
         log.info("session %s stopping (by %s)", session_id, actor)
         self.events.publish(SessionChanged(session))
-        self._publish_event(event)
+        self.publish_event(event)
         settled = await self._dispatch(session_id, commands)
         session = await self.complete_if_uploaded(session_id)
         return SessionOutcome(session, tuple(settled))
@@ -748,7 +754,7 @@ class StationService:
         session, event, commands = await self.store.write(write)
         log.warning("session %s aborted by %s", session_id, actor)
         self.events.publish(SessionChanged(session))
-        self._publish_event(event)
+        self.publish_event(event)
         settled = await self._dispatch(session_id, commands)
         return SessionOutcome(session, tuple(settled))
 
@@ -791,7 +797,7 @@ class StationService:
         if event is not None:
             log.info("session %s completed: every device reported its upload", session_id)
             self.events.publish(SessionChanged(session))
-            self._publish_event(event)
+            self.publish_event(event)
         if session is None:
             raise NotFound("Session not found", session_id=session_id)
         return session
@@ -821,7 +827,7 @@ class StationService:
         session, event = await self.store.write(write)
         log.info("session %s finished by %s", session_id, actor)
         self.events.publish(SessionChanged(session))
-        self._publish_event(event)
+        self.publish_event(event)
         return session
 
     # ---- commands ----------------------------------------------------------------------------
@@ -1053,7 +1059,7 @@ class StationService:
             "session %s: %s", command.session_id if command.session_id else "-", message
         )
         self.events.publish(CommandChanged(updated))
-        self._publish_event(event)
+        self.publish_event(event)
         return updated
 
 

@@ -114,19 +114,17 @@ class UploadService:
         message = f"upload from {device_code} refused: {why}"
         log.warning(message)
         stamp = _now()
-        self.service._spawn(  # noqa: SLF001 - the service's own helper for logged writes
-            self.service._write_and_publish(  # noqa: SLF001
-                lambda db: records.append_event(
-                    db,
-                    stamp,
-                    f"device:{device_code}",
-                    "upload.refused",
-                    "refused",
-                    message,
-                    None,
-                    device_code,
-                    {"session_id": session_id},
-                )
+        self.service.log_in_background(
+            lambda db: records.append_event(
+                db,
+                stamp,
+                f"device:{device_code}",
+                "upload.refused",
+                "refused",
+                message,
+                None,
+                device_code,
+                {"session_id": session_id},
             )
         )
 
@@ -306,7 +304,7 @@ class UploadService:
 
         event = await self.store.write(write)
         log.info("device %s finished uploading session %s", device_code, session_id)
-        self.service._publish_event(event)  # noqa: SLF001
+        self.service.publish_event(event)
         return await self.service.complete_if_uploaded(session_id)
 
     # ---- polling devices ---------------------------------------------------------------------
