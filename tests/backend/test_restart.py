@@ -52,17 +52,18 @@ async def test_devices_sessions_commands_and_events_survive_a_restart(
     assert (await api.upload_complete(session_id))["session_status"] == "completed"
 
 
-async def test_command_unanswered_at_shutdown_is_failed_after_restart(
+async def stop_while_start_is_unanswered(
     start_station: StartStation,
     start_silent: StartSilent,
     http: aiohttp.ClientSession,
-    tmp_path: Path,
-) -> None:
-    data_dir = tmp_path / "lab"
+    data_dir: Path,
+) -> tuple[int, tuple[int, dict]]:
+    """A station stopped while a silent device holds its notify_device_start; returns the
+    session id and what the waiting client got."""
     first = await start_station(data_dir=data_dir, read_timeout=30, reply_wait=30)
     api = Api(http, first.url)
-    device = await start_silent()
-    await api.register(DEVICE_CODE, device.address)
+    silent = await start_silent()
+    await api.register(DEVICE_CODE, silent.address)
     session_id = await api.start_session()
     notify = asyncio.ensure_future(
         api.post(
@@ -70,10 +71,21 @@ async def test_command_unanswered_at_shutdown_is_failed_after_restart(
             data={"session_id": str(session_id), "device_code": DEVICE_CODE},
         )
     )
-    await asyncio.wait_for(device.arrived.wait(), 5)
-
+    await asyncio.wait_for(silent.arrived.wait(), 5)
     await first.stop()
-    status, body = await notify
+    return session_id, await notify
+
+
+async def test_command_unanswered_at_shutdown_is_failed_after_restart(
+    start_station: StartStation,
+    start_silent: StartSilent,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "lab"
+    session_id, (status, body) = await stop_while_start_is_unanswered(
+        start_station, start_silent, http, data_dir
+    )
 
     assert status == 504, body
     assert body["command"]["state"] == "sent"
@@ -99,20 +111,9 @@ async def test_command_failed_by_a_shutdown_can_be_sent_again(
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "lab"
-    first = await start_station(data_dir=data_dir, read_timeout=30, reply_wait=30)
-    api = Api(http, first.url)
-    silent = await start_silent()
-    await api.register(DEVICE_CODE, silent.address)
-    session_id = await api.start_session()
-    notify = asyncio.ensure_future(
-        api.post(
-            "/wxapp/notify_device_start/",
-            data={"session_id": str(session_id), "device_code": DEVICE_CODE},
-        )
+    session_id, _answer = await stop_while_start_is_unanswered(
+        start_station, start_silent, http, data_dir
     )
-    await asyncio.wait_for(silent.arrived.wait(), 5)
-    await first.stop()
-    await notify
 
     second = await start_station(data_dir=data_dir)
     api = Api(http, second.url)
